@@ -1,0 +1,1 @@
+"""Evaluation: backbone -> features -> metrics -> result records -> tables."""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create ./.venv (if absent) and install mochi with its test extras into it.
+# Idempotent: re-running only installs what is missing. Nothing is downloaded at run time later.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+# torch>=2.14 keeps pip on PyPI's builds (CPU and CUDA alike); see README "Install".
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch>=2.14" -e '.[test]'
+.venv/bin/mochi --version

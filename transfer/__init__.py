@@ -1,0 +1,1 @@
+"""Transfer: backbone checkpoints in and out (torchvision, Detectron2 and other frameworks' layouts)."""
