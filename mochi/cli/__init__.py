@@ -28,7 +28,9 @@ def main() -> None:
 
 def _register() -> None:
     # Subcommands are added here, one module each under mochi/cli/.
-    pass
+    from mochi.cli.pretrain import pretrain
+
+    main.add_command(pretrain)
 
 
 _register()

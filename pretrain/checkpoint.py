@@ -1,0 +1,137 @@
+"""Checkpoint files in the reference MoCo layout, written atomically.
+
+``checkpoint_{epoch:04d}.pth.tar`` holds, as ``main_moco.py`` writes it, ``epoch`` (the next epoch to
+run, i.e. the 0-based index of the finished epoch + 1), ``arch``, ``state_dict`` with keys prefixed
+``module.`` (``module.encoder_q.*``, ``module.encoder_k.*``, ``module.queue``, ``module.queue_ptr``)
+and ``optimizer``; our metadata goes under ``mochi`` (full config, queue pointer, RNG states, versions).
+Everything in the file loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mochi import __version__
+from mochi.errors import MochiError
+from mochi.io import atomic_torch_save
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
+
+
+def checkpoint_name(epoch_index: int) -> str:
+    return f"checkpoint_{epoch_index:04d}.pth.tar"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints in ``run_dir`` sorted by epoch."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "mochi": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cuda": str(torch.version.cuda),
+    }
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """All RNG states as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+def build_checkpoint(
+    *,
+    epoch_index: int,
+    arch: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    scaler_state: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict after finishing 0-based epoch ``epoch_index`` (model unwrapped from DDP)."""
+    state_dict = {f"module.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    return {
+        "epoch": epoch_index + 1,
+        "arch": arch,
+        "state_dict": state_dict,
+        "optimizer": optimizer.state_dict(),
+        "mochi": {
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "queue_ptr": int(model.queue_ptr.item()),
+            "rng": rng_state(generator),
+            "scaler": scaler_state,
+            "versions": versions(),
+            "metrics": metrics or {},
+        },
+    }
+
+
+def save_checkpoint(ckpt: dict[str, Any], run_dir: str | Path, keep_last: int = 0) -> Path:
+    """Write ``ckpt`` atomically as ``checkpoint_{epoch:04d}.pth.tar``; prune to the ``keep_last`` newest."""
+    path = Path(run_dir) / checkpoint_name(ckpt["epoch"] - 1)
+    atomic_torch_save(ckpt, path)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load one of our checkpoints safely (``weights_only=True``), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MochiError(f"checkpoint not found: {path}; pass an existing file or --resume auto")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, wrong format, unsafe pickle...
+        raise MochiError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}. "
+            "The file is truncated, corrupt or not a mochi/MoCo checkpoint; resume from an earlier one"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt):
+        raise MochiError(
+            f"{path} is not a MoCo/mochi pretraining checkpoint (needs epoch, state_dict and optimizer)"
+        )
+    return ckpt

@@ -1,0 +1,49 @@
+"""Run under ``torchrun --nproc_per_node 2``: a few MoCo(-HI) steps with DDP on gloo.
+
+Writes ``<out>/rank<r>.pt`` with the per-step global losses, the queue, its pointer and the query
+encoder's weights, for tests/test_distributed.py to compare against single-process math.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from mochi.pretrain.moco import MochiParams, MoCo
+from mochi.pretrain.testing import global_batch, tiny_moco_kwargs
+
+
+def main(out: str, mix: bool) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = MoCo(**tiny_moco_kwargs(bn_splits=1), mochi=MochiParams(4, 3, 2) if mix else None)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(123 + (rank if mix else 0))
+    losses = []
+    for step in range(3):
+        xq, xk = global_batch(step)
+        b = xq.shape[0] // world
+        out_ = ddp(xq[rank * b : (rank + 1) * b], xk[rank * b : (rank + 1) * b], mix, gen)
+        opt.zero_grad()
+        out_["loss"].backward()
+        opt.step()
+        loss = out_["loss"].detach().clone()
+        dist.all_reduce(loss)
+        losses.append(loss.item() / world)
+    torch.save(
+        {
+            "losses": losses,
+            "queue": model.queue.clone(),
+            "queue_ptr": int(model.queue_ptr),
+            # parameters only: BN running statistics are per-process by design
+            "encoder_q": {k: v.detach().clone() for k, v in model.encoder_q.named_parameters()},
+        },
+        f"{out}/rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] == "mix")

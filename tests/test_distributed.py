@@ -1,0 +1,57 @@
+"""Two gloo processes under torchrun reproduce the single-process math on the same global batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mochi.pretrain.moco import MoCo
+from mochi.pretrain.testing import global_batch, tiny_moco_kwargs
+
+HERE = Path(__file__).parent
+
+
+def run_torchrun(out: Path, mode: str) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "ddp_check.py"), str(out), mode]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_ddp_matches_single_process_math(tmp_path):
+    ranks = run_torchrun(tmp_path, "moco")
+    # queue global and identical on both ranks
+    torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"], rtol=0, atol=0)
+    assert ranks[0]["queue_ptr"] == ranks[1]["queue_ptr"] == 24
+
+    # Single process, same global batch: split BN into 2 groups = the per-rank BN of 2 processes,
+    # and the same generator seed draws the same shuffle permutation.
+    torch.manual_seed(0)
+    model = MoCo(**tiny_moco_kwargs(bn_splits=2))
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(123)
+    losses = []
+    for step in range(3):
+        out = model(*global_batch(step), False, gen)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert ranks[0]["losses"] == pytest.approx(losses, abs=1e-5)
+    torch.testing.assert_close(ranks[0]["queue"], model.queue, rtol=0, atol=1e-4)
+    for k, v in model.encoder_q.named_parameters():
+        torch.testing.assert_close(ranks[0]["encoder_q"][k], v.detach(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_mochi_keeps_the_queue_identical_on_all_ranks(tmp_path):
+    ranks = run_torchrun(tmp_path, "mix")
+    torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"], rtol=0, atol=0)
+    for k in ranks[0]["encoder_q"]:
+        torch.testing.assert_close(ranks[0]["encoder_q"][k], ranks[1]["encoder_q"][k], rtol=0, atol=0)

@@ -1,0 +1,105 @@
+"""The MoCo module: momentum update, shuffle/split BN, queue updates (protocols.md §1)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from mochi.pretrain.moco import MochiParams, MoCo, build_encoder
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    defaults = dict(arch="resnet18", dim=16, queue_size=32, momentum=0.9, temperature=0.2, bn_splits=2)
+    defaults.update(kw)
+    return MoCo(**defaults)
+
+
+def images(b=8, size=32, seed=0):
+    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_encoder_is_a_plain_torchvision_resnet_plus_head():
+    enc = build_encoder("resnet18", dim=128, mlp=True)
+    state = {k: v for k, v in enc.state_dict().items() if not k.startswith("fc.")}
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    assert [k for k in enc.state_dict() if k.startswith("fc.")] == [
+        "fc.0.weight",
+        "fc.0.bias",
+        "fc.2.weight",
+        "fc.2.bias",
+    ]
+    small = build_encoder("resnet18", small_stem=True)
+    assert small.conv1.weight.shape == (64, 3, 3, 3) and isinstance(small.maxpool, torch.nn.Identity)
+
+
+def test_momentum_update_formula():
+    model = tiny()
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(torch.randn_like(p))
+    before_k = [p.clone() for p in model.encoder_k.parameters()]
+    q_params = [p.clone() for p in model.encoder_q.parameters()]
+    model.momentum_update()
+    for pk, pk0, pq in zip(model.encoder_k.parameters(), before_k, q_params, strict=True):
+        torch.testing.assert_close(pk, 0.9 * pk0 + 0.1 * pq)
+        assert not pk.requires_grad
+
+
+def test_shuffle_permutation_is_inverted_exactly():
+    # In eval mode BN has no batch dependence, so shuffled-and-unshuffled keys must equal a plain pass.
+    model = tiny(bn_splits=4).eval()
+    x = images(8)
+    k_local, k_all = model.compute_keys(x, torch.Generator().manual_seed(5))
+    direct = F.normalize(model.encoder_k(x), dim=1)
+    torch.testing.assert_close(k_local, direct, rtol=0, atol=1e-6)
+    torch.testing.assert_close(k_all, direct, rtol=0, atol=1e-6)
+
+
+def test_split_bn_gives_each_chunk_its_own_statistics():
+    model = tiny(bn_splits=2).train()
+    x = images(8)
+    gen = torch.Generator().manual_seed(7)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(7))
+    _, k_all = model.compute_keys(x, gen)
+    chunks = [model.encoder_k(x[perm[:4]]), model.encoder_k(x[perm[4:]])]
+    expected = torch.empty(8, 16)
+    expected[perm] = F.normalize(torch.cat(chunks), dim=1)
+    torch.testing.assert_close(k_all, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mochi", [None, MochiParams(4, 6, 3)])
+def test_after_a_step_the_queue_holds_exactly_the_new_keys(mochi):
+    model = tiny(mochi=mochi).eval()  # eval: keys independent of batch composition
+    queue0 = model.queue.clone()
+    ref = copy.deepcopy(model)
+    ref.momentum_update()
+    x_q, x_k = images(8, seed=1), images(8, seed=2)
+    out = model(x_q, x_k, mix=mochi is not None)
+    expected_keys = F.normalize(ref.encoder_k(x_k), dim=1)
+    torch.testing.assert_close(model.queue[:, :8].T, expected_keys, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.queue[:, 8:], queue0[:, 8:], rtol=0, atol=0)  # nothing else enqueued
+    assert int(model.queue_ptr) == 8
+    model(x_q, x_k, mix=mochi is not None)
+    model(x_q, x_k, mix=mochi is not None)
+    model(x_q, x_k, mix=mochi is not None)
+    assert int(model.queue_ptr) == 0  # wrapped around K = 32
+    if mochi is not None:
+        assert {"hard_sim", "synthetic_sim"} <= set(out)
+
+
+def test_loss_backward_reaches_only_the_query_encoder():
+    model = tiny(mochi=MochiParams(4, 6, 3)).train()
+    out = model(images(8, seed=3), images(8, seed=4), mix=True)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.encoder_q.parameters())
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert model.queue.grad is None
+
+
+def test_mochi_n_larger_than_queue_is_an_error():
+    with pytest.raises(ValueError, match="exceeds the queue size"):
+        tiny(mochi=MochiParams(64, 1, 1))
