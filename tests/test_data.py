@@ -8,12 +8,12 @@ import re
 
 import numpy as np
 import pytest
-from mochi.pretrain import data
-from mochi.pretrain.data import DATASET_NAMES, describe_sources, load_dataset, read_idx
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from mochi.errors import MochiError
+from mochi.pretrain import data
+from mochi.pretrain.data import DATASET_NAMES, describe_sources, load_dataset, read_idx
 
 
 def _write_idx(path, arr: np.ndarray) -> None:
