@@ -28,7 +28,11 @@ def main() -> None:
 
 def _register() -> None:
     # Subcommands are added here, one module each under mochi/cli/.
-    pass
+    from mochi.cli.export import export_cmd
+    from mochi.cli.inspect import inspect_cmd
+
+    main.add_command(export_cmd)
+    main.add_command(inspect_cmd)
 
 
 _register()
