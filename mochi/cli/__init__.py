@@ -28,9 +28,13 @@ def main() -> None:
 
 def _register() -> None:
     # Subcommands are added here, one module each under mochi/cli/.
+    from mochi.cli.export import export_cmd
+    from mochi.cli.inspect import inspect_cmd
     from mochi.cli.pretrain import pretrain
 
     main.add_command(pretrain)
+    main.add_command(export_cmd)
+    main.add_command(inspect_cmd)
 
 
 _register()
