@@ -362,7 +362,7 @@ def _train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
 
-        values = {k: float(v) for k, v in out.items()}
+        values = {k: float(v.detach()) for k, v in out.items()}
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
             window[k] = window.get(k, 0.0) + v

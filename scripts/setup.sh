@@ -11,3 +11,6 @@ fi
 # torch>=2.14 keeps pip on PyPI's builds (CPU and CUDA alike); see README "Install".
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch>=2.14" -e '.[test]'
 .venv/bin/mochi --version
+# Detection transfer is optional for the package, but the README's commands and CI install it:
+# an existing Detectron2 is kept, else the official build where GitHub is reachable, else the offline route.
+PYTHON=.venv/bin/python bash scripts/install_detectron2.sh

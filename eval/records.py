@@ -1,0 +1,158 @@
+"""One result-record format for every evaluation (kNN, linear, detection, ...).
+
+A record is a JSON object saying what was evaluated, on what data, by which protocol with which
+hyper-parameters and seed, with which library versions, and what came out::
+
+    {
+      "schema": "mochi.record/1",
+      "id": "20261122T210405Z-knn-3f2a9c1b",        # unique; also the file name
+      "created": "2026-11-22T21:04:05Z",
+      "task": "knn",                                 # knn | linear | detection | detection-aggregate | ...
+      "protocol": "knn-weighted-vote",               # the named protocol that produced the numbers
+      "evaluated": {"checkpoint": "...", "sha256": "...", "arch": "resnet50", "encoder": "query", ...},
+      "data": {"dataset": "fashion-mnist", "train": {...}, "test": {...}},
+      "hyperparameters": {...},
+      "seed": 0,
+      "metrics": {"top1": 81.3, ...},
+      "versions": {"mochi": "...", "torch": "...", ...},
+      "wall_time_s": 12.3
+    }
+
+Records are written one file each (``<results_dir>/<id>.json``), atomically, only once an evaluation
+has finished: a failed run writes nothing and never touches existing records. Tables are rendered
+from records, never typed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mochi import __version__
+from mochi.errors import MochiError
+from mochi.io import atomic_open
+
+SCHEMA = "mochi.record/1"
+REQUIRED = ("schema", "id", "created", "task", "protocol", "evaluated", "data", "hyperparameters", "metrics")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that can change a number (imported lazily; absent ones skipped)."""
+    out = {"mochi": __version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "numpy", "sklearn", "faiss", "detectron2"):
+        try:
+            module = __import__(name)
+        except Exception:  # noqa: BLE001 - an optional library may fail to import in many ways
+            continue
+        out[name] = str(getattr(module, "__version__", "unknown"))
+    return out
+
+
+def make_record(
+    *,
+    task: str,
+    protocol: str,
+    evaluated: dict[str, Any],
+    data: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    metrics: dict[str, Any],
+    seed: int | None = None,
+    wall_time_s: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a record (not yet written). ``extra`` holds task-specific fields (e.g. per-seed ids)."""
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    rid = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{task}-{uuid.uuid4().hex[:8]}"
+    record = {
+        "schema": SCHEMA,
+        "id": rid,
+        "created": now.isoformat().replace("+00:00", "Z"),
+        "task": task,
+        "protocol": protocol,
+        "evaluated": evaluated,
+        "data": data,
+        "hyperparameters": hyperparameters,
+        "seed": seed,
+        "metrics": metrics,
+        "versions": library_versions(),
+        "wall_time_s": wall_time_s,
+    }
+    if extra:
+        record.update(extra)
+    validate_record(record)
+    return record
+
+
+def validate_record(record: dict[str, Any]) -> None:
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise MochiError(f"result record lacks {', '.join(missing)}; it is not a {SCHEMA} record")
+    if record["schema"] != SCHEMA:
+        raise MochiError(f"unsupported record schema {record['schema']!r}; this mochi reads {SCHEMA}")
+    json.dumps(record)  # must be plain JSON
+
+
+def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``<results_dir>/<id>.json`` atomically; never overwrites an existing record."""
+    validate_record(record)
+    path = Path(results_dir) / f"{record['id']}.json"
+    if path.exists():
+        raise MochiError(
+            f"a record named {path.name} already exists in {results_dir}; refusing to overwrite it"
+        )
+    with atomic_open(path, "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    return path
+
+
+def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    """All records in ``results_dir`` (recursively), oldest first. A damaged file is a clear error."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise MochiError(f"results directory not found: {root}")
+    records = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise MochiError(f"cannot read result record {path}: {err}; remove or repair the file") from None
+        if isinstance(record, dict) and record.get("schema") == SCHEMA:
+            records.append(record)
+    return sorted(records, key=lambda r: (r["created"], r["id"]))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
+def format_table(records: Iterable[dict[str, Any]], metrics: Sequence[str] | None = None) -> str:
+    """A plain-text table, one row per record: id, task, protocol, checkpoint, dataset, seed, metrics."""
+    records = list(records)
+    if metrics is None:
+        seen: dict[str, None] = {}
+        for r in records:
+            for k, v in r["metrics"].items():
+                if isinstance(v, (int, float)):
+                    seen.setdefault(k, None)
+        metrics = list(seen)
+    header = ["id", "task", "protocol", "checkpoint", "encoder", "dataset", "seed", *metrics]
+    rows = []
+    for r in records:
+        ev = r.get("evaluated", {})
+        name = ev.get("label") or Path(str(ev.get("checkpoint", ""))).name or "random-init"
+        rows.append(
+            [r["id"], r["task"], r["protocol"], name, _fmt(ev.get("encoder")), _fmt(r["data"].get("dataset")),
+             _fmt(r.get("seed")), *(_fmt(r["metrics"].get(m)) for m in metrics)]
+        )  # fmt: skip
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
