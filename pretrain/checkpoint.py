@@ -44,8 +44,8 @@ def versions() -> dict[str, str]:
 
     return {
         "mochi": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "cuda": str(torch.version.cuda),

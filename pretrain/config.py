@@ -39,6 +39,7 @@ RESUME_MUST_MATCH = (
     "seed",
     "data",
     "subset",
+    "limit",
     "aug",
     "image_size",
 )
@@ -52,6 +53,7 @@ class PretrainConfig:
     subset: str | None = None
     split: str = "train"
     skip_corrupt: bool = False
+    limit: int | None = None  # use a fixed random subset of this many images (quick checks)
     workers: int = 4
     # --- model (MoCo-v2 reference)
     arch: str = "resnet50"

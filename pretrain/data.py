@@ -674,3 +674,35 @@ def _check_labels(labels: np.ndarray, n_classes: int, where: Path) -> None:
 def _few(items: Sequence[str], k: int = 5) -> str:
     shown = ", ".join(str(i) for i in items[:k])
     return shown + (f" (and {len(items) - k} more)" if len(items) > k else "")
+
+
+class LimitedDataset(Dataset):
+    """A fixed random subset of ``limit`` images of ``dataset`` (seeded), for quick checks on a laptop."""
+
+    def __init__(self, dataset: SourceDataset, limit: int, seed: int = 0) -> None:
+        if limit <= 0:
+            raise MochiError(f"--limit must be positive, got {limit}")
+        self.dataset = dataset
+        n = len(dataset)
+        gen = np.random.default_rng(seed)
+        self.indices = np.sort(gen.permutation(n)[: min(limit, n)])
+        self.classes = dataset.classes
+        self.targets = np.asarray(dataset.targets)[self.indices]
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.dataset[int(self.indices[index])]
+
+    def corrupt_count(self) -> int:
+        return self.dataset.corrupt_count()
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            **self.dataset.identity(),
+            "num_images": len(self),
+            "limit": self.limit,
+            "of": len(self.dataset),
+        }

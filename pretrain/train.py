@@ -35,7 +35,7 @@ from mochi.pretrain.checkpoint import (
     set_rng_state,
 )
 from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, validate
-from mochi.pretrain.data import load_dataset
+from mochi.pretrain.data import LimitedDataset, load_dataset
 from mochi.pretrain.moco import MochiParams, MoCo
 
 log = logging.getLogger("mochi.pretrain")
@@ -174,6 +174,8 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
         transform=transform,
         on_corrupt="skip" if cfg.skip_corrupt else "error",
     )
+    if cfg.limit is not None:
+        dataset = LimitedDataset(dataset, cfg.limit, seed=cfg.seed)
     per_rank = cfg.batch_size // world
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True

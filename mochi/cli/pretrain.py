@@ -34,6 +34,7 @@ _D = PretrainConfig()
 @click.option(
     "--skip-corrupt", is_flag=True, help="Skip unreadable images (counted and logged) instead of stopping."
 )
+@click.option("--limit", default=None, type=int, help="Use a fixed random subset of N images (quick checks).")
 @click.option(
     "-j", "--workers", default=_D.workers, type=int, help="Data-loading worker processes per device."
 )

@@ -1,0 +1,197 @@
+"""End-to-end pretraining runs on the embedded data: checkpoints, logs, resume, warm-up, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mochi.cli import main
+from mochi.pretrain.checkpoint import list_checkpoints
+from mochi.pretrain.config import PretrainConfig
+from mochi.pretrain.data import load_dataset
+from mochi.pretrain.train import lr_at_epoch, pretrain
+
+TINY = [
+    "--data", "fashion-mnist-embedded", "--limit", "128", "-a", "resnet18", "--image-size", "32",
+    "--aug", "aug-plus-small", "-b", "32", "--moco-k", "64", "--moco-m", "0.99", "--bn-splits", "2",
+    "-j", "0", "--log-every", "2", "-q",
+]  # fmt: skip
+
+
+def run_cli(args):
+    res = CliRunner().invoke(main, ["pretrain", *args])
+    return res
+
+
+def epochs(run_dir):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == "epoch"]
+
+
+def test_checkpoint_layout_and_logs(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli([*TINY, "--epochs", "2", "--keep-last", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint_0001.pth.tar"]  # --keep-last 1
+    ckpt = torch.load(out / "checkpoint_0001.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet18" and "optimizer" in ckpt
+    keys = ckpt["state_dict"].keys()
+    assert "module.encoder_q.conv1.weight" in keys and "module.encoder_k.fc.2.weight" in keys
+    assert ckpt["state_dict"]["module.queue"].shape == (128, 64)
+    assert ckpt["mochi"]["queue_ptr"] == int(ckpt["state_dict"]["module.queue_ptr"]) == 0
+    assert ckpt["mochi"]["config"]["queue_size"] == 64 and ckpt["mochi"]["versions"]["torch"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"]["num_images"] == 128 and config["effective_lr"] == pytest.approx(0.03 * 32 / 256)
+    recs = epochs(out)
+    assert [r["epoch"] for r in recs] == [0, 1]
+    for r in recs:
+        assert {"loss", "top1", "lr", "images_per_s", "pos_sim"} <= set(r) and 0 <= r["top1"] <= 1
+    # the query encoder loads into a plain torchvision ResNet through the transfer reader
+    from mochi.transfer import load_backbone
+
+    state, report = load_backbone(out / "checkpoint_0001.pth.tar")
+    assert report.arch == "resnet18" and not report.missing
+    torch.testing.assert_close(state["conv1.weight"], ckpt["state_dict"]["module.encoder_q.conv1.weight"])
+
+
+def test_cosine_schedule_is_the_reference_formula():
+    cfg = PretrainConfig(epochs=10, batch_size=512)
+    assert lr_at_epoch(cfg, 0) == pytest.approx(0.06)
+    assert lr_at_epoch(cfg, 5) == pytest.approx(0.03)
+    step = PretrainConfig(epochs=200, schedule="step", lr=0.03)
+    assert lr_at_epoch(step, 119) == pytest.approx(0.03) and lr_at_epoch(step, 160) == pytest.approx(0.0003)
+
+
+def test_no_mixing_before_warmup_then_mixing(tmp_path):
+    out = tmp_path / "mochi"
+    args = [*TINY, "--epochs", "2", "--mochi-n", "16", "--mochi-s", "32", "--mochi-s-prime", "8"]
+    res = run_cli([*args, "--mochi-warmup", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    first, second = epochs(out)
+    assert first["mixing"] is False and "hard_sim" not in first and "synthetic_sim" not in first
+    assert second["mixing"] is True and -1 <= second["hard_sim"] <= 1 and -1 <= second["synthetic_sim"] <= 1
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(s["mixing"] == (s["epoch"] >= 1) for s in steps)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    args = [*TINY, "--epochs", "3", "--mochi-n", "16", "--mochi-s", "16", "--mochi-s-prime", "4",
+            "--mochi-warmup", "1"]  # fmt: skip
+    assert run_cli([*args, "-o", str(tmp_path / "a")]).exit_code == 0
+    res = run_cli([*args, "--stop-after", "1", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0 and len(list_checkpoints(tmp_path / "b")) == 1
+    res = run_cli([*args, "--resume", "auto", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    a = torch.load(tmp_path / "a" / "checkpoint_0002.pth.tar", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint_0002.pth.tar", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    # the metrics log of the resumed run holds each epoch once
+    assert [r["epoch"] for r in epochs(tmp_path / "b")] == [0, 1, 2]
+    assert [r["loss"] for r in epochs(tmp_path / "b")] == [r["loss"] for r in epochs(tmp_path / "a")]
+
+
+@pytest.mark.slow
+def test_short_run_on_embedded_data_lowers_the_loss(tmp_path):
+    cfg = PretrainConfig(
+        data="fashion-mnist-embedded", limit=512, arch="resnet18", image_size=32, aug="aug-plus-small",
+        epochs=6, batch_size=64, queue_size=256, momentum=0.99, bn_splits=2, workers=0, log_every=4,
+        output=str(tmp_path / "run"),
+    )  # fmt: skip
+    pretrain(cfg, show_progress=False)
+    losses = [r["loss"] for r in epochs(tmp_path / "run")]
+    # epoch 0 starts from the random initial queue; from epoch 1 on the queue holds real keys only
+    assert losses[-1] < losses[1] - 0.03, losses
+
+
+def test_bad_options_give_clear_errors(tmp_path):
+    out = tmp_path / "x"
+    res = run_cli([*TINY, "--moco-k", "64", "--mochi-n", "65", "-o", str(out)])
+    assert res.exit_code == 1 and "--mochi-n 65 exceeds the queue size K=64" in res.output
+    res = run_cli([*TINY, "--moco-k", "100", "-o", str(out)])
+    assert res.exit_code == 1 and "K=100 is not a multiple of the global batch 32" in res.output
+    res = run_cli([*TINY, "--bn-splits", "3", "-o", str(out)])
+    assert res.exit_code == 1 and "--bn-splits 3 must divide the per-process batch 32" in res.output
+    res = run_cli([*TINY, "--mochi-s", "4", "-o", str(out)])
+    assert res.exit_code == 1 and "need --mochi-n" in res.output
+    assert not out.exists()  # nothing written
+
+
+def _folder(root: Path, n_per_class=8):
+    ds = load_dataset("fashion-mnist-embedded", "test")
+    for c in range(2):
+        (root / "train" / f"class{c}").mkdir(parents=True)
+    seen = {0: 0, 1: 0}
+    for i in range(len(ds)):
+        img, y = ds[i]
+        if y in seen and seen[y] < n_per_class:
+            img.save(root / "train" / f"class{y}" / f"{i}.png")
+            seen[y] += 1
+    return root
+
+
+def test_missing_and_corrupt_data(tmp_path):
+    base = [a for a in TINY if a not in ("fashion-mnist-embedded", "--data", "--limit", "128")]
+    res = run_cli(["--data", str(tmp_path / "nowhere"), *base, "-o", str(tmp_path / "o1")])
+    assert res.exit_code == 1 and "nowhere" in res.output
+    root = _folder(tmp_path / "imgs")
+    bad = root / "train" / "class0" / "broken.png"
+    good = next((root / "train" / "class1").iterdir()).read_bytes()
+    bad.write_bytes(good[: len(good) // 2])
+    args = ["--data", str(root), *base, "-b", "8", "--moco-k", "16", "--epochs", "1"]
+    res = run_cli([*args, "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "broken.png" in res.output and "--skip-corrupt" in res.output
+    assert not list_checkpoints(tmp_path / "o2")
+    res = run_cli([*args, "--skip-corrupt", "-o", str(tmp_path / "o3")])
+    assert res.exit_code == 0, res.output
+    assert epochs(tmp_path / "o3")[0]["corrupt_skipped"] >= 1
+
+
+def test_existing_run_is_not_clobbered_and_resume_checks_options(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TINY, "--epochs", "1", "-o", str(out)]).exit_code == 0
+    before = (out / "checkpoint_0000.pth.tar").read_bytes()
+    res = run_cli([*TINY, "--epochs", "1", "-o", str(out)])
+    assert res.exit_code == 1 and "--resume auto" in res.output
+    res = run_cli([*TINY, "--epochs", "1", "--moco-t", "0.1", "--resume", "auto", "-o", str(out)])
+    assert res.exit_code == 1 and "temperature: 0.2 -> 0.1" in res.output
+    assert (out / "checkpoint_0000.pth.tar").read_bytes() == before
+    bad = tmp_path / "bad.pth.tar"
+    bad.write_bytes(before[:1000])
+    res = run_cli([*TINY, "--epochs", "2", "--resume", str(bad), "-o", str(tmp_path / "r2")])
+    assert res.exit_code == 1 and "truncated, corrupt" in res.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_cli(tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [
+        *torchrun,
+        "-m",
+        "mochi.cli",
+        "pretrain",
+        *TINY,
+        "--epochs",
+        "1",
+        "--bn-splits",
+        "1",
+        "-o",
+        str(out),
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["bn_splits"] == 1
+    ckpt = torch.load(out / "checkpoint_0000.pth.tar", weights_only=True)
+    assert int(ckpt["state_dict"]["module.queue_ptr"]) == 0  # 4 steps x 32 keys = 2 x K
