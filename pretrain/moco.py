@@ -149,16 +149,20 @@ class MoCo(nn.Module):
             k, k_all = self.compute_keys(im_k, generator)
         queue = self.queue.T.contiguous().float()  # (K, D) rows, copied so the enqueue below can't alias it
         stats: dict[str, torch.Tensor] = {}
-        if mix and self.mochi is not None:
-            m = mix_hard_negatives(q, queue, self.mochi.n_hard, self.mochi.s, self.mochi.s_prime, generator)
-            logits = mochi_logits(q, k, queue, m.synthetic, self.temperature)
-            stats["hard_sim"] = m.hard_sim.mean()
-            n_syn = m.synthetic.shape[1]
-            syn = logits[:, logits.shape[1] - n_syn :].detach() * self.temperature
-            stats["synthetic_sim"] = syn.mean() if n_syn else torch.zeros((), device=q.device)
-        else:
-            logits = moco_logits(q, k, queue, self.temperature)
-        loss = contrastive_loss(logits)
+        # The contrastive part runs in fp32 even under AMP: logits / τ need more than bf16's 8 bits.
+        with torch.autocast(q.device.type, enabled=False):
+            if mix and self.mochi is not None:
+                m = mix_hard_negatives(
+                    q, queue, self.mochi.n_hard, self.mochi.s, self.mochi.s_prime, generator
+                )
+                logits = mochi_logits(q, k, queue, m.synthetic, self.temperature)
+                stats["hard_sim"] = m.hard_sim.mean()
+                n_syn = m.synthetic.shape[1]
+                syn = logits[:, logits.shape[1] - n_syn :].detach() * self.temperature
+                stats["synthetic_sim"] = syn.mean() if n_syn else torch.zeros((), device=q.device)
+            else:
+                logits = moco_logits(q, k, queue, self.temperature)
+            loss = contrastive_loss(logits)
         self.enqueue(k_all)
         stats["top1"] = proxy_top1(logits.detach())
         stats["pos_sim"] = (logits[:, 0].detach() * self.temperature).mean()

@@ -103,3 +103,25 @@ def test_loss_backward_reaches_only_the_query_encoder():
 def test_mochi_n_larger_than_queue_is_an_error():
     with pytest.raises(ValueError, match="exceeds the queue size"):
         tiny(mochi=MochiParams(64, 1, 1))
+
+
+def test_logits_stay_fp32_under_mixed_precision():
+    model = tiny(mochi=MochiParams(4, 6, 3)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images(8, seed=5), images(8, seed=6), mix=True)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    assert model.queue.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_channels_last_step():
+    model = tiny(mochi=MochiParams(4, 6, 3)).cuda().to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1)
+    x = images(8).cuda().to(memory_format=torch.channels_last)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x, x, True, gen)
+    out["loss"].backward()
+    opt.step()
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
