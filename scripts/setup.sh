@@ -14,3 +14,6 @@ fi
 # Detection transfer is optional for the package, but the README's commands and CI install it:
 # an existing Detectron2 is kept, else the official build where GitHub is reachable, else the offline route.
 PYTHON=.venv/bin/python bash scripts/install_detectron2.sh
+# Real-photo test data for the Detectron2 tests (GPL-3 / PASCAL VOC files: cached under .cache/, never
+# committed). Without PyPI the step fails softly and those tests skip, naming this command.
+.venv/bin/python scripts/fetch_detection_testdata.py || echo "setup: detection test data not fetched" >&2

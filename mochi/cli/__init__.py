@@ -28,6 +28,7 @@ def main() -> None:
 
 def _register() -> None:
     # Subcommands are added here, one module each under mochi/cli/.
+    from mochi.cli.detect import detect_cmd
     from mochi.cli.export import export_cmd
     from mochi.cli.inspect import inspect_cmd
     from mochi.cli.pretrain import pretrain
@@ -35,6 +36,7 @@ def _register() -> None:
     main.add_command(pretrain)
     main.add_command(export_cmd)
     main.add_command(inspect_cmd)
+    main.add_command(detect_cmd)
 
 
 _register()
