@@ -46,7 +46,12 @@ def library_versions() -> dict[str, str]:
     out = {"mochi": __version__, "python": platform.python_version()}
     for name in ("torch", "torchvision", "numpy", "sklearn", "faiss", "detectron2"):
         try:
-            module = __import__(name)
+            if name == "faiss":
+                from mochi.eval.knn import import_faiss  # the one place faiss is imported (OpenBLAS fix)
+
+                module = import_faiss()
+            else:
+                module = __import__(name)
         except Exception:  # noqa: BLE001 - an optional library may fail to import in many ways
             continue
         out[name] = str(getattr(module, "__version__", "unknown"))
@@ -147,7 +152,8 @@ def format_table(records: Iterable[dict[str, Any]], metrics: Sequence[str] | Non
     rows = []
     for r in records:
         ev = r.get("evaluated", {})
-        name = ev.get("label") or Path(str(ev.get("checkpoint", ""))).name or "random-init"
+        checkpoint = ev.get("checkpoint")
+        name = ev.get("label") or (Path(str(checkpoint)).name if checkpoint else "random-init")
         rows.append(
             [r["id"], r["task"], r["protocol"], name, _fmt(ev.get("encoder")), _fmt(r["data"].get("dataset")),
              _fmt(r.get("seed")), *(_fmt(r["metrics"].get(m)) for m in metrics)]

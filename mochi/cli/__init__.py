@@ -31,11 +31,17 @@ def _register() -> None:
     from mochi.cli.detect import detect_cmd
     from mochi.cli.export import export_cmd
     from mochi.cli.inspect import inspect_cmd
+    from mochi.cli.knn import knn_cmd
+    from mochi.cli.linear import linear_cmd
     from mochi.cli.pretrain import pretrain
+    from mochi.cli.results import results_cmd
 
     main.add_command(pretrain)
     main.add_command(export_cmd)
     main.add_command(inspect_cmd)
+    main.add_command(knn_cmd)
+    main.add_command(linear_cmd)
+    main.add_command(results_cmd)
     main.add_command(detect_cmd)
 
 

@@ -1,0 +1,105 @@
+"""The backbone an evaluation runs on: a checkpoint read through :mod:`mochi.transfer`, or random init.
+
+Either way the result is an untouched torchvision ResNet plus two small dicts: ``evaluated`` (what goes
+into every result record) and ``identity`` (what keys the feature cache: content hash, encoder, arch, stem).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mochi.errors import MochiError
+from mochi.transfer import build_backbone, build_torchvision_resnet, load_backbone
+
+
+@dataclass
+class EvalBackbone:
+    """A ResNet whose ``fc`` is still torchvision's (replace it, or use :meth:`trunk` for features)."""
+
+    model: nn.Module
+    evaluated: dict[str, Any]
+    identity: dict[str, Any]
+
+    @property
+    def arch(self) -> str:
+        return self.evaluated["arch"]
+
+    feature_dim: int = 0  # D of the pooled features, set from fc before trunk() removes it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model.fc, nn.Linear):
+            self.feature_dim = int(self.model.fc.in_features)
+
+    def trunk(self) -> nn.Module:
+        """The model with ``fc`` replaced by identity: ``(B, 3, H, W) -> (B, D)`` pooled features."""
+        self.model.fc = nn.Identity()
+        return self.model
+
+
+def _label(path: Path) -> str:
+    # "moco/checkpoint_0005.pth.tar" tells runs apart where the bare file name would not.
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def load_eval_backbone(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    random_init: bool = False,
+    arch: str | None = None,
+    small_stem: bool = False,
+    seed: int = 0,
+    encoder: str | None = None,
+    prefix: str | None = None,
+    trust_checkpoint: bool = False,
+) -> EvalBackbone:
+    """Load ``checkpoint`` (any format :func:`mochi.transfer.load_backbone` reads), or build a random-init
+    ``arch`` (``small_stem`` picks the stem; torch seeded with ``seed``) as a baseline."""
+    if random_init == (checkpoint is not None):
+        raise MochiError("pass a checkpoint path or --random-init (with --arch), exactly one of them")
+    if random_init:
+        if arch is None:
+            raise MochiError("--random-init needs --arch (e.g. --arch resnet18) to know what to build")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_torchvision_resnet(arch, small_stem)
+        stem = "small" if small_stem else "standard"
+        evaluated = {
+            "checkpoint": None,
+            "random_init": True,
+            "label": f"random-init {arch}",
+            "arch": arch,
+            "stem": stem,
+            "seed": seed,
+        }
+        # torchvision's init draws from torch's RNG: a different torch may build different weights.
+        identity = {"random_init": seed, "arch": arch, "stem": stem, "torch": torch.__version__}
+        return EvalBackbone(model, evaluated, identity)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise MochiError(
+            f"checkpoint not found: {path}. Pass the path of a checkpoint file, or --random-init"
+        )
+    state, report = load_backbone(
+        path, encoder=encoder, prefix=prefix, arch=arch, trust_checkpoint=trust_checkpoint
+    )
+    model = build_backbone(report, state)
+    evaluated = {
+        "checkpoint": str(path),
+        "label": _label(path),
+        "sha256": report.sha256,
+        "format": report.format,
+        "prefix": report.prefix,
+        "arch": report.arch,
+        "stem": report.stem,
+        "encoder": report.encoder,
+        "random_init": False,
+    }
+    identity = {"sha256": report.sha256, "encoder": report.encoder, "prefix": report.prefix}
+    identity.update(arch=report.arch, stem=report.stem)
+    return EvalBackbone(model, evaluated, identity)

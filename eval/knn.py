@@ -1,0 +1,223 @@
+"""kNN classification with the InstDisc weighted vote (protocols.md §4).
+
+For each test feature, the top-k training features by cosine similarity ``s_i`` vote with weight
+``exp(s_i / T)`` for their class; the prediction is the arg-max class score, top-5 the five best.
+One search for ``max(k)`` neighbours serves every ``k`` and every ``T`` (the neighbours are sorted, so
+the top-k are the first ``k`` columns; ``T`` only re-weights them).
+
+Search backends return the same ``(sims, ids)``: ``faiss`` (exact inner product, ``IndexFlatIP``; a GPU
+index when a FAISS GPU build and a GPU are present) and ``torch`` (chunked matrix products + topk, on GPU
+when available).
+
+Defaults (DINO ``eval_knn.py``): k = 10, 20, 100, 200; T = 0.07. The headline is k = 20, T = 0.07.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mochi.errors import MochiError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KS = (10, 20, 100, 200)
+DEFAULT_TEMPERATURES = (0.07,)
+HEADLINE = (20, 0.07)
+BACKENDS = ("faiss", "torch")
+# Bound on one query chunk's similarity block (floats): 2^27 floats = 512 MiB at float32.
+MAX_BLOCK = 1 << 27
+
+
+def setting_name(k: int, temperature: float) -> str:
+    """The metrics key of one setting, e.g. ``k20_T0.07``."""
+    return f"k{k}_T{temperature:g}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The vote (pure)
+
+
+def knn_vote(
+    sims: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int, temperature: float
+) -> torch.Tensor:
+    """Class scores ``(Q, C)`` of the weighted vote.
+
+    ``sims: (Q, K) `` cosine similarities of each query's neighbours sorted descending, K >= k;
+    ``labels: (Q, K)`` their class indices. Score ``p_c = Σ_{i<k} exp(s_i / T)·[y_i = c]``.
+    """
+    if k > sims.shape[1]:
+        raise ValueError(f"k={k} exceeds the {sims.shape[1]} neighbours searched")
+    weights = (sims[:, :k].double() / temperature).exp()
+    scores = torch.zeros(sims.shape[0], n_classes, dtype=torch.float64, device=sims.device)
+    return scores.scatter_add_(1, labels[:, :k].long(), weights)
+
+
+def classification_metrics(scores: torch.Tensor, targets: torch.Tensor, n_classes: int) -> dict[str, Any]:
+    """``top1``, ``top5`` (None with 5 or fewer classes: it would be trivially 100) and ``mean_per_class``
+    (mean over the classes present in ``targets`` of their recall), all in percent."""
+    targets = targets.long().to(scores.device)
+    pred = scores.argmax(dim=1)
+    correct = pred == targets
+    out: dict[str, Any] = {"top1": 100.0 * correct.double().mean().item()}
+    if n_classes > 5:
+        top5 = scores.topk(5, dim=1).indices
+        out["top5"] = 100.0 * (top5 == targets[:, None]).any(dim=1).double().mean().item()
+    else:
+        out["top5"] = None
+    per_class = [correct[targets == c].double().mean().item() for c in targets.unique().tolist()]
+    out["mean_per_class"] = 100.0 * float(np.mean(per_class))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Search backends
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return flag in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def prepare_openblas() -> None:
+    """Set ``OPENBLAS_CORETYPE=Haswell`` if unset and the CPU has AVX2 (must run before faiss loads)."""
+    if "OPENBLAS_CORETYPE" not in os.environ and _cpu_has("avx2"):
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
+def import_faiss():
+    """Import FAISS (the only place that does), working around its bundled OpenBLAS's CPU detection.
+
+    That OpenBLAS misreads some virtual CPUs as an old core type and runs several times slower; when the
+    user has not chosen a core type and the CPU has AVX2, it is told "Haswell" before the library loads.
+    A type the CPU lacks would crash, so nothing is set without AVX2.
+    """
+    prepare_openblas()
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are noise for users
+    try:
+        import faiss
+    except ImportError:
+        raise MochiError(
+            "the faiss backend needs FAISS: pip install faiss-cpu (or faiss-gpu), or pass --backend torch"
+        ) from None
+    return faiss
+
+
+def _faiss_search(train: np.ndarray, queries: np.ndarray, kmax: int, device: str) -> tuple[np.ndarray, ...]:
+    faiss = import_faiss()
+    index = faiss.IndexFlatIP(train.shape[1])
+    use_gpu = device != "cpu" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if use_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(train)
+    sims, ids = index.search(queries, kmax)
+    return sims, ids
+
+
+def _torch_search(
+    train: torch.Tensor, queries: torch.Tensor, kmax: int, device: torch.device
+) -> tuple[np.ndarray, ...]:
+    train = train.to(device)
+    chunk = max(1, min(len(queries), MAX_BLOCK // max(1, len(train))))
+    sims, ids = [], []
+    for start in range(0, len(queries), chunk):
+        block = queries[start : start + chunk].to(device) @ train.T
+        s, i = block.topk(kmax, dim=1)
+        sims.append(s.cpu())
+        ids.append(i.cpu())
+    return torch.cat(sims).numpy(), torch.cat(ids).numpy()
+
+
+def search(
+    train: np.ndarray | torch.Tensor,
+    queries: np.ndarray | torch.Tensor,
+    kmax: int,
+    backend: str = "faiss",
+    device: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kmax`` nearest training rows of each query by cosine similarity.
+
+    ``train: (N, D)``, ``queries: (Q, D)``, any float dtype (L2-normalised here, in float32).
+    Returns ``sims: (Q, kmax)`` float32 sorted descending and ``ids: (Q, kmax)`` int64.
+    """
+    if backend not in BACKENDS:
+        raise MochiError(f"unknown kNN backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    # np.array copies: cached features are read-only memory maps, possibly float16.
+    train_t = F.normalize(torch.from_numpy(np.array(train, dtype=np.float32)), dim=1)
+    query_t = F.normalize(torch.from_numpy(np.array(queries, dtype=np.float32)), dim=1)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "faiss":
+        sims, ids = _faiss_search(train_t.numpy(), query_t.numpy(), kmax, device)
+    else:
+        sims, ids = _torch_search(train_t, query_t, kmax, torch.device(device))
+    return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The protocol
+
+
+def check_settings(ks: Sequence[int], temperatures: Sequence[float], n_train: int, n_classes: int) -> None:
+    if not ks or not temperatures:
+        raise MochiError("give at least one k and one temperature")
+    if min(ks) < 1:
+        raise MochiError(f"every k must be >= 1, got {sorted(ks)}")
+    if min(temperatures) <= 0:
+        raise MochiError(f"every temperature must be > 0, got {sorted(temperatures)}")
+    if max(ks) > n_train:
+        raise MochiError(
+            f"k={max(ks)} exceeds the {n_train} training images: pass smaller --k values (at most {n_train})"
+        )
+    if n_classes < 2:
+        raise MochiError("the training split holds a single class: classification accuracy is meaningless")
+
+
+def knn_classify(
+    train_features: np.ndarray | torch.Tensor,
+    train_labels: np.ndarray | torch.Tensor,
+    test_features: np.ndarray | torch.Tensor,
+    test_labels: np.ndarray | torch.Tensor,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    backend: str = "faiss",
+    device: str = "auto",
+    n_classes: int | None = None,
+) -> dict[str, Any]:
+    """kNN metrics for every (k, T) from one ``max(k)`` search.
+
+    Returns ``{"top1", "top5", "mean_per_class"}`` of the headline setting (k=20, T=0.07 when requested,
+    else the first k and T) plus ``"settings": {"k20_T0.07": {...}, ...}`` for every pair and
+    ``"headline": "k20_T0.07"``.
+    """
+    train_labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
+    test_labels = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
+    if n_classes is None:
+        n_classes = int(max(train_labels.max().item(), test_labels.max().item())) + 1
+    check_settings(ks, temperatures, len(train_labels), int(train_labels.unique().numel()))
+    kmax = max(ks)
+    sims, ids = search(train_features, test_features, kmax, backend=backend, device=device)
+    sims_t = torch.from_numpy(sims)
+    neighbour_labels = train_labels[torch.from_numpy(ids)]
+    settings: dict[str, Any] = {}
+    for k in sorted(set(ks)):
+        for t in temperatures:
+            scores = knn_vote(sims_t, neighbour_labels, n_classes, k, t)
+            settings[setting_name(k, t)] = classification_metrics(scores, test_labels, n_classes)
+    headline = setting_name(*HEADLINE)
+    if headline not in settings:
+        headline = setting_name(ks[0], temperatures[0])
+    return {**settings[headline], "headline": headline, "settings": settings}

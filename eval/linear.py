@@ -1,0 +1,378 @@
+"""Linear classification on a frozen backbone: three protocols (protocols.md §3).
+
+- ``moco``: the reference ``main_lincls.py`` protocol: augmented images through the frozen backbone (kept
+  in ``eval()`` mode), only ``fc`` trains (init N(0, 0.01), bias 0), SGD lr 30, momentum 0.9, wd 0,
+  batch 256, 100 epochs, lr x0.1 at epochs 60 and 80; afterwards every backbone tensor is checked unchanged.
+- ``sgd-grid``: on cached features, one linear head per (lr, weight decay) pair, all trained together in
+  one pass over the data (DINOv2 "AllClassifiers" idea); the best head on a held-out part of the training
+  split is refit on the whole training split and reported on the test split.
+- ``lbfgs``: multinomial logistic regression (scikit-learn, L-BFGS) with C over 10^linspace(-6, 5, 45)
+  chosen on the held-out part, then refit on the whole training split (ssl-transfer / DINOv2).
+
+The two cached-feature protocols standardise features with the training mean and standard deviation, so
+that one lr / C grid fits every method's feature scale. Every default sits in the constants below.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mochi.errors import MochiError
+from mochi.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+
+from .backbones import EvalBackbone
+from .knn import classification_metrics
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("moco", "sgd-grid", "lbfgs")
+
+
+@dataclass
+class MocoLinearConfig:
+    """Reference ``main_lincls.py`` defaults [C]."""
+
+    epochs: int = 100
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    lr_steps: tuple[int, ...] = (60, 80)
+    fc_init_std: float = 0.01
+
+
+@dataclass
+class SgdGridConfig:
+    """Heads trained together on cached features; lr per 256 images (linear scaling with the batch)."""
+
+    lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
+    epochs: int = 30
+    batch_size: int = 256
+    momentum: float = 0.9
+    val_fraction: float = 0.2
+
+
+@dataclass
+class LbfgsConfig:
+    """C = 10^linspace(-6, 5, 45) [ssl-transfer]; ``max_iter`` bounds each fit.
+
+    ``patience``: the sweep (increasing C) stops once held-out accuracy has not improved for this many
+    values in a row (0: sweep all). Large C values are the slow fits and, past the optimum, only overfit.
+    """
+
+    c_values: tuple[float, ...] = field(default_factory=lambda: tuple(np.logspace(-6, 5, 45).tolist()))
+    max_iter: int = 1000
+    val_fraction: float = 0.2
+    patience: int = 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def held_out_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified ``(train_idx, val_idx)``: ``fraction`` of each class (at least one image) held out."""
+    if not 0 < fraction < 1:
+        raise MochiError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
+    x = torch.from_numpy(np.array(train, dtype=np.float32))
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    return [(x - mean) / std] + [
+        (torch.from_numpy(np.array(o, dtype=np.float32)) - mean) / std for o in others
+    ]
+
+
+def _check_labels(train_labels: np.ndarray) -> int:
+    n_classes = len(np.unique(train_labels))
+    if n_classes < 2:
+        raise MochiError("the training split holds a single class: a linear classifier is meaningless")
+    return n_classes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sgd-grid
+
+
+def train_linear_heads(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    lrs: torch.Tensor,
+    weight_decays: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train H linear heads at once with SGD + momentum and a per-step cosine schedule.
+
+    ``x: (N, D)``, ``y: (N,)``; ``lrs``, ``weight_decays``: ``(H,)`` (lr per 256 images). Every head sees
+    the same batches; each has its own lr and decay. Returns ``W: (H, C, D)``, ``b: (H, C)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, d = x.shape
+    h = len(lrs)
+    # All heads side by side in one (D, H*C) matrix: a batch costs one matrix product for every head.
+    w = torch.zeros(d, h * n_classes)
+    b = torch.zeros(h * n_classes)
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+    lr_cols = (lrs * batch_size / 256).repeat_interleave(n_classes)
+    wd_cols = weight_decays.repeat_interleave(n_classes)
+    total = epochs * max(1, math.ceil(n / batch_size))
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            xb, yb = x[idx], y[idx]
+            p = torch.softmax((xb @ w + b).view(len(idx), h, n_classes), dim=2)
+            p[torch.arange(len(idx)), :, yb] -= 1  # d(mean CE)/d(logits), each head separately
+            p = p.view(len(idx), h * n_classes) / len(idx)
+            gw, gb = xb.T @ p, p.sum(0)
+            scale = 0.5 * (1 + math.cos(math.pi * step / total))
+            buf_w.mul_(momentum).add_(gw + wd_cols * w)
+            buf_b.mul_(momentum).add_(gb)
+            w -= (scale * lr_cols) * buf_w
+            b -= (scale * lr_cols) * buf_b
+            step += 1
+    return w.T.reshape(h, n_classes, d).contiguous(), b.view(h, n_classes)
+
+
+def linear_sgd_grid(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    config: SgdGridConfig | None = None,
+    *,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(metrics, details)``: test ``top1/top5/mean_per_class`` of the refit best head, and the
+    chosen lr / weight decay with every head's held-out accuracy."""
+    cfg = config or SgdGridConfig()
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    n_classes = max(int(train_labels.max()), int(test_labels.max())) + 1
+    _check_labels(train_labels)
+    tr, va = held_out_split(train_labels, cfg.val_fraction, seed)
+    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
+    lrs = torch.tensor([p[0] for p in grid])
+    wds = torch.tensor([p[1] for p in grid])
+    feats = np.asarray(train_features)
+    x_tr, x_va = _standardise(feats[tr], feats[va])
+    y = torch.from_numpy(train_labels)
+    w, b = train_linear_heads(
+        x_tr, y[tr], n_classes, lrs, wds, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        momentum=cfg.momentum, seed=seed,
+    )  # fmt: skip
+    val_acc = ((torch.einsum("nd,hcd->hnc", x_va, w) + b[:, None]).argmax(-1) == y[va]).double().mean(1)
+    best = int(val_acc.argmax())
+    lr, wd = grid[best]
+    x_all, x_te = _standardise(feats, np.asarray(test_features))
+    w, b = train_linear_heads(
+        x_all, y, n_classes, lrs[best : best + 1], wds[best : best + 1], epochs=cfg.epochs,
+        batch_size=cfg.batch_size, momentum=cfg.momentum, seed=seed,
+    )  # fmt: skip
+    scores = x_te @ w[0].T + b[0]
+    metrics = classification_metrics(scores, torch.from_numpy(test_labels), n_classes)
+    details = {
+        "best_lr": lr,
+        "best_weight_decay": wd,
+        "val_top1": 100.0 * float(val_acc[best]),
+        "grid_val_top1": {
+            f"lr{p[0]:g}_wd{p[1]:g}": round(100.0 * float(a), 3) for p, a in zip(grid, val_acc, strict=True)
+        },
+        "n_train": len(tr),
+        "n_val": len(va),
+    }
+    return metrics, details
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lbfgs
+
+
+def linear_lbfgs(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    config: LbfgsConfig | None = None,
+    *,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(metrics, details)``; the C sweep runs in increasing order, warm-started (same optimum,
+    far fewer iterations), then the chosen C is refit on the whole training split."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = config or LbfgsConfig()
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    n_classes = max(int(train_labels.max()), int(test_labels.max())) + 1
+    _check_labels(train_labels)
+    tr, va = held_out_split(train_labels, cfg.val_fraction, seed)
+    feats = np.asarray(train_features)
+    x_tr, x_va = (t.numpy() for t in _standardise(feats[tr], feats[va]))
+    clf = LogisticRegression(max_iter=cfg.max_iter, warm_start=True, random_state=seed)
+    val_acc = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for c in sorted(cfg.c_values):
+            clf.set_params(C=c)
+            clf.fit(x_tr, train_labels[tr])
+            val_acc.append(float((clf.predict(x_va) == train_labels[va]).mean()))
+            if cfg.patience and len(val_acc) - 1 - int(np.argmax(val_acc)) >= cfg.patience:
+                break
+        best = int(np.argmax(val_acc))
+        c_best = sorted(cfg.c_values)[best]
+        x_all, x_te = (t.numpy() for t in _standardise(feats, np.asarray(test_features)))
+        final = LogisticRegression(C=c_best, max_iter=cfg.max_iter, random_state=seed)
+        final.fit(x_all, train_labels)
+    proba = np.zeros((len(x_te), n_classes))
+    proba[:, final.classes_] = final.predict_proba(x_te)
+    metrics = classification_metrics(torch.from_numpy(proba), torch.from_numpy(test_labels), n_classes)
+    details = {
+        "best_C": c_best,
+        "val_top1": 100.0 * val_acc[best],
+        "n_train": len(tr),
+        "n_val": len(va),
+        "n_iter_final": int(np.max(final.n_iter_)),
+        "c_tried": len(val_acc),
+    }
+    return metrics, details
+
+
+# ---------------------------------------------------------------------------------------------------------
+# moco (reference)
+
+
+class BackboneChanged(RuntimeError):
+    """The frozen backbone changed during linear training: the protocol's numbers would be invalid."""
+
+
+def backbone_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def check_backbone_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """``main_lincls.py``'s sanity check: every backbone tensor (weights and BN buffers) is unchanged."""
+    after = model.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k].to(v.device))]
+    if changed:
+        raise BackboneChanged(
+            f"{len(changed)} backbone tensors changed during linear training "
+            f"(e.g. {', '.join(changed[:3])}): "
+            "the backbone was not frozen"
+        )
+
+
+def moco_train_transform(image_size: int) -> T.Compose:
+    """RandomResizedCrop + flip + ImageNet normalisation (reference linear training augmentation)."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def linear_moco(
+    backbone: EvalBackbone,
+    train_dataset,
+    test_dataset,
+    n_classes: int,
+    config: MocoLinearConfig | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    amp: bool = True,
+    progress: bool = False,
+    _train_hook=None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``fc`` on the frozen backbone (datasets carry the train / eval transforms).
+
+    Returns ``(metrics, details)``. Raises :class:`BackboneChanged` if any backbone tensor moved.
+    ``_train_hook(model)`` runs after each epoch (tests use it to simulate a leak).
+    """
+    from tqdm import tqdm
+
+    cfg = config or MocoLinearConfig()
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = copy.deepcopy(backbone.model)
+    model.fc = nn.Linear(backbone.feature_dim, n_classes)
+    nn.init.normal_(model.fc.weight, 0.0, cfg.fc_init_std)
+    nn.init.zeros_(model.fc.bias)
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("fc.")
+    model.to(device).eval()  # eval(): BN statistics stay frozen, as in the reference
+    before = backbone_snapshot(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    use_amp = amp and device.type == "cuda"
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        train_dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, generator=g,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    for epoch in tqdm(range(cfg.epochs), desc="linear (moco)", disable=not progress, leave=False):
+        lr = cfg.lr * 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.cross_entropy(model(images).float(), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if _train_hook is not None:
+            _train_hook(model)
+    check_backbone_unchanged(model, before)
+    scores, targets = [], []
+    with torch.inference_mode():
+        for images, t in DataLoader(test_dataset, batch_size=cfg.batch_size, num_workers=workers):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                scores.append(model(images.to(device)).float().cpu())
+            targets.append(t)
+    metrics = classification_metrics(torch.cat(scores), torch.cat(targets), n_classes)
+    return metrics, {"backbone_unchanged": True}
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    d = asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from mochi.errors import MochiError
+from mochi.eval import knn
+from mochi.eval.knn import classification_metrics, knn_classify, knn_vote, search
+
+
+def test_vote_equals_direct_formula():
+    g = torch.Generator().manual_seed(0)
+    sims = torch.rand(7, 12, generator=g).sort(dim=1, descending=True).values
+    labels = torch.randint(0, 4, (7, 12), generator=g)
+    for k, t in ((1, 0.07), (5, 0.1), (12, 1.0)):
+        scores = knn_vote(sims, labels, 4, k, t)
+        for q in range(7):
+            for c in range(4):
+                direct = sum(np.exp(sims[q, i].item() / t) for i in range(k) if labels[q, i] == c)
+                assert scores[q, c].item() == pytest.approx(direct, rel=1e-9)
+
+
+def _bank(n=400, q=37, d=32, classes=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, d))
+    y_tr, y_te = rng.integers(0, classes, n), rng.integers(0, classes, q)
+    x_tr = centers[y_tr] + rng.normal(size=(n, d))
+    x_te = centers[y_te] + rng.normal(size=(q, d))
+    return x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te
+
+
+def test_faiss_and_torch_agree_with_fewer_than_100_queries(monkeypatch):
+    x_tr, y_tr, x_te, y_te = _bank()
+    s_f, i_f = search(x_tr, x_te, 200, backend="faiss", device="cpu")
+    s_t, i_t = search(x_tr, x_te, 200, backend="torch", device="cpu")
+    assert s_f.shape == (37, 200) and np.allclose(s_f, s_t, atol=1e-5) and (i_f == i_t).all()
+    monkeypatch.setattr(knn, "MAX_BLOCK", 400 * 3)  # 3 queries per chunk, last chunk partial
+    s_c, i_c = search(x_tr, x_te, 200, backend="torch", device="cpu")
+    assert (i_c == i_t).all()
+    a = knn_classify(x_tr, y_tr, x_te, y_te, ks=(10, 20, 200), temperatures=(0.07, 0.5), backend="faiss")
+    b = knn_classify(x_tr, y_tr, x_te, y_te, ks=(10, 20, 200), temperatures=(0.07, 0.5), backend="torch")
+    assert a == b and a["headline"] == "k20_T0.07" and len(a["settings"]) == 6
+    assert a["top1"] == a["settings"]["k20_T0.07"]["top1"] and a["top1"] > 60
+
+
+def test_one_search_equals_a_search_per_k():
+    x_tr, y_tr, x_te, y_te = _bank(seed=1)
+    sweep = knn_classify(x_tr, y_tr, x_te, y_te, ks=(5, 50), temperatures=(0.07,), backend="torch")
+    single = knn_classify(x_tr, y_tr, x_te, y_te, ks=(5,), temperatures=(0.07,), backend="torch")
+    assert sweep["settings"]["k5_T0.07"] == single["settings"]["k5_T0.07"]
+
+
+def test_meaningless_settings_are_clear_errors():
+    x_tr, y_tr, x_te, y_te = _bank(n=50)
+    with pytest.raises(MochiError, match="exceeds the 50 training images"):
+        knn_classify(x_tr, y_tr, x_te, y_te, ks=(10, 200))
+    with pytest.raises(MochiError, match="single class"):
+        knn_classify(x_tr, np.zeros(50, dtype=int), x_te, y_te, ks=(10,))
+    with pytest.raises(MochiError, match="temperature"):
+        knn_classify(x_tr, y_tr, x_te, y_te, ks=(10,), temperatures=(0.0,))
+
+
+def test_metrics_few_classes_and_mean_per_class():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
+    m = classification_metrics(scores, torch.tensor([0, 1, 1, 1]), 2)
+    assert (
+        m["top1"] == 50.0
+        and m["top5"] is None
+        and m["mean_per_class"] == pytest.approx(100 * (1 + 1 / 3) / 2)
+    )
+
+
+def test_openblas_core_type_only_set_with_avx2(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.setattr(knn, "_cpu_has", lambda flag: False)
+    knn.prepare_openblas()
+    assert "OPENBLAS_CORETYPE" not in __import__("os").environ
+    monkeypatch.setattr(knn, "_cpu_has", lambda flag: flag == "avx2")
+    knn.prepare_openblas()
+    assert __import__("os").environ["OPENBLAS_CORETYPE"] == "Haswell"
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")  # a user's choice is kept
+    knn.prepare_openblas()
+    assert __import__("os").environ["OPENBLAS_CORETYPE"] == "SkylakeX"

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mochi.eval.backbones import load_eval_backbone
+from mochi.eval.data import open_split
+from mochi.eval.features import eval_transform, get_features
+from mochi.eval.knn import knn_classify
+from mochi.eval.linear import (
+    BackboneChanged,
+    LbfgsConfig,
+    MocoLinearConfig,
+    SgdGridConfig,
+    held_out_split,
+    linear_lbfgs,
+    linear_moco,
+    linear_sgd_grid,
+    moco_train_transform,
+    train_linear_heads,
+)
+
+TF, SPEC = eval_transform(32)
+
+
+@pytest.fixture(scope="module")
+def feats():
+    """Random-init ResNet-18 features of 400 / 150 real Fashion-MNIST images (10 classes)."""
+    bb = load_eval_backbone(random_init=True, arch="resnet18")
+    out = []
+    for split, n in (("train", 400), ("test", 150)):
+        ds = open_split("fashion-mnist-embedded", split, transform=TF, limit=n)
+        out.append(get_features(bb, ds, transform_spec=SPEC, cache=None, batch_size=100))
+    return out
+
+
+def test_heads_step_is_sgd_on_cross_entropy():
+    x, y = torch.randn(50, 8), torch.randint(0, 3, (50,))
+    w, b = train_linear_heads(
+        x, y, 3, torch.tensor([0.1, 1.0]), torch.tensor([0.0, 0.0]), epochs=1, batch_size=50, momentum=0.0
+    )
+    w_ref, b_ref = torch.zeros(3, 8, requires_grad=True), torch.zeros(3, requires_grad=True)
+    F.cross_entropy(x @ w_ref.T + b_ref, y).backward()
+    for h, lr in enumerate((0.1, 1.0)):
+        assert torch.allclose(w[h], -lr * 50 / 256 * w_ref.grad, atol=1e-6)
+        assert torch.allclose(b[h], -lr * 50 / 256 * b_ref.grad, atol=1e-6)
+
+
+def test_held_out_split_is_stratified_and_disjoint():
+    labels = np.repeat(np.arange(4), 10)
+    tr, va = held_out_split(labels, 0.2, seed=0)
+    assert not set(tr) & set(va) and len(tr) + len(va) == 40
+    assert np.bincount(labels[va]).tolist() == [2, 2, 2, 2]
+
+
+def test_cached_protocols_beat_chance_clearly(feats):
+    train, test = feats
+    knn = knn_classify(train.features, train.labels, test.features, test.labels, ks=(10, 20), backend="torch")
+    sgd, sgd_d = linear_sgd_grid(
+        train.features, train.labels, test.features, test.labels, SgdGridConfig(epochs=10)
+    )
+    lb, lb_d = linear_lbfgs(
+        train.features, train.labels, test.features, test.labels, LbfgsConfig(c_values=(1e-3, 1e-2, 1e-1))
+    )
+    assert knn["top1"] > 40 and sgd["top1"] > 40 and lb["top1"] > 40  # chance: 10
+    assert sgd_d["best_lr"] in SgdGridConfig().lrs and lb_d["best_C"] in (1e-3, 1e-2, 1e-1)
+
+
+@pytest.fixture(scope="module")
+def moco_data():
+    train = open_split("fashion-mnist-embedded", "train", transform=moco_train_transform(32), limit=300)
+    test = open_split("fashion-mnist-embedded", "test", transform=TF, limit=100)
+    return train, test
+
+
+def test_moco_protocol_beats_chance_and_keeps_backbone(moco_data):
+    bb = load_eval_backbone(random_init=True, arch="resnet18")
+    # Random init keeps BN statistics at (0, 1), which eval mode would use as is: measure them once
+    # on data, as any pretrained backbone would have (else 4 epochs on 300 images learn little).
+    for m in bb.model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    bb.model.train()
+    with torch.no_grad():
+        bb.model(torch.stack([moco_data[1][i][0] for i in range(100)]))
+    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    cfg = MocoLinearConfig(epochs=4, lr=0.3, batch_size=50, lr_steps=(3,))
+    metrics, details = linear_moco(bb, *moco_data, 10, cfg, seed=0)
+    assert metrics["top1"] > 20 and details["backbone_unchanged"]  # chance: 10 (~30 measured)
+    assert all(torch.equal(v, bb.model.state_dict()[k]) for k, v in before.items())  # caller's model intact
+
+
+def test_moco_sanity_check_catches_a_changed_backbone(moco_data):
+    bb = load_eval_backbone(random_init=True, arch="resnet18")
+
+    def leak(model):
+        model.layer1[0].bn1.running_mean += 1e-3
+
+    cfg = MocoLinearConfig(epochs=1, batch_size=100)
+    with pytest.raises(BackboneChanged, match="layer1.0.bn1.running_mean"):
+        linear_moco(bb, *moco_data, 10, cfg, _train_hook=leak)
