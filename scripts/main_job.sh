@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: pretrain MoCo-v2 and MoCHi briefly on the embedded Fashion-MNIST subset (10k images),
-# leaving checkpoints and logs in RUN_DIR/moco and RUN_DIR/mochi. Re-running continues or skips
-# finished runs (--resume auto). Usage: bash scripts/main_job.sh [RUN_DIR]   (default runs/main)
+# leaving checkpoints and logs in RUN_DIR/moco and RUN_DIR/mochi, then evaluate a random-init backbone and
+# both checkpoints with kNN and linear probes (records in RUN_DIR/results) and print the comparison.
+# Re-running continues or skips finished pretraining runs (--resume auto) and adds a new set of records.
+# Usage: bash scripts/main_job.sh [RUN_DIR]   (default runs/main)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR="${1:-runs/main}"
@@ -18,3 +20,6 @@ echo "== MoCo-v2 -> $RUN_DIR/moco"
 echo "== MoCHi (512, 512, 128), mixing from epoch 2 -> $RUN_DIR/mochi"
 "$MOCHI" pretrain "${COMMON[@]}" --mochi-n 512 --mochi-s 512 --mochi-s-prime 128 --mochi-warmup 1 \
   -o "$RUN_DIR/mochi"
+
+echo "== evaluation (kNN, linear) -> $RUN_DIR/results"
+bash scripts/main_job_eval.sh "$RUN_DIR"
