@@ -1,6 +1,7 @@
 """Linear protocols on the same small data: sgd-grid and lbfgs (cached features) vs moco; JSON out.
 
     python benchmarks/bench_linear.py     # random-init ResNet-18, 32 px Fashion-MNIST subset, CPU
+    python benchmarks/bench_linear.py --checkpoint runs/main/moco/checkpoint_0002.pth.tar --moco-epochs 100
 
 Wall time of each protocol includes its feature pass (extracted once, shared by sgd-grid and lbfgs; both
 are charged the full pass). ``moco`` runs the reference protocol with --moco-epochs (default 10: the
@@ -21,6 +22,7 @@ from mochi.eval.backbones import load_eval_backbone
 from mochi.eval.data import open_split
 from mochi.eval.features import eval_transform, get_features
 from mochi.eval.linear import (
+    LbfgsConfig,
     MocoLinearConfig,
     linear_lbfgs,
     linear_moco,
@@ -35,10 +37,19 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--moco-epochs", type=int, default=10)
+    parser.add_argument(
+        "--checkpoint", default=None, help="backbone to probe [default: random-init resnet18]"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     tf, spec = eval_transform(32)
-    bb = load_eval_backbone(random_init=True, arch="resnet18")
+
+    def backbone():
+        if args.checkpoint:
+            return load_eval_backbone(args.checkpoint)
+        return load_eval_backbone(random_init=True, arch="resnet18")
+
+    bb = backbone()
     start = time.perf_counter()
     feats = [
         get_features(bb, open_split("fashion-mnist-embedded", s, transform=tf, limit=n), transform_spec=spec)
@@ -62,7 +73,7 @@ def main() -> None:
     cfg = MocoLinearConfig(
         epochs=args.moco_epochs, lr_steps=(round(0.6 * args.moco_epochs), round(0.8 * args.moco_epochs))
     )
-    bb = load_eval_backbone(random_init=True, arch="resnet18")
+    bb = backbone()
     start = time.perf_counter()
     metrics, _ = linear_moco(bb, train, test, 10, cfg)
     t_moco = time.perf_counter() - start
@@ -80,14 +91,15 @@ def main() -> None:
     result = {
         "benchmark": "linear",
         "data": {"dataset": "fashion-mnist-embedded", "n_train": args.n_train, "n_test": args.n_test},
-        "backbone": "random-init resnet18, 32 px",
+        "backbone": f"{args.checkpoint or 'random-init resnet18'}, 32 px",
+        "lbfgs_patience": LbfgsConfig().patience,
         "feature_pass_s": round(t_feat, 2),
         "targets": {"speedup_vs_moco": ">= 20", "top1_minus_moco": ">= -0.5"},
         "results": rows,
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
-        "note": "shared machine: other processes ran while measuring",
     }
-    out = Path(args.out or Path(__file__).parent / "results" / "linear_cpu.json")
+    default = "linear_cpu_pretrained.json" if args.checkpoint else "linear_cpu.json"
+    out = Path(args.out or Path(__file__).parent / "results" / default)
     atomic_write_json(out, result)
     print(json.dumps(result, indent=2))
 
