@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -82,7 +83,7 @@ def main() -> None:
         "targets": {"sweep_over_single": "<= 1.2", "faiss_over_torch": "<= 1.0"},
         "results": rows,
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
-        "note": "shared machine: other processes ran while measuring",
+        "load_average_1min": os.getloadavg()[0],  # > cpu count means other work competed for the CPU
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"knn_{args.preset}.json")
     atomic_write_json(out, result)
