@@ -49,6 +49,7 @@ def test_checkpoint_layout_and_logs(tmp_path):
     assert config["dataset"]["num_images"] == 128 and config["effective_lr"] == pytest.approx(0.03 * 32 / 256)
     recs = epochs(out)
     assert [r["epoch"] for r in recs] == [0, 1]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # tensorboard is a test dependency
     for r in recs:
         assert {"loss", "top1", "lr", "images_per_s", "pos_sim"} <= set(r) and 0 <= r["top1"] <= 1
     # the query encoder loads into a plain torchvision ResNet through the transfer reader
