@@ -6,7 +6,7 @@ hyper-parameters and seed, with which library versions, and what came out::
     {
       "schema": "mochi.record/1",
       "id": "20261122T210405Z-knn-3f2a9c1b",        # unique; also the file name
-      "created": "2026-11-22T21:04:05Z",
+      "created": "2026-11-22T21:04:05.123456Z",     # microseconds: orders records made in one second
       "task": "knn",                                 # knn | linear | detection | detection-aggregate | ...
       "protocol": "knn-weighted-vote",               # the named protocol that produced the numbers
       "evaluated": {"checkpoint": "...", "sha256": "...", "arch": "resnet50", "encoder": "query", ...},
@@ -71,12 +71,12 @@ def make_record(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build a record (not yet written). ``extra`` holds task-specific fields (e.g. per-seed ids)."""
-    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    now = _dt.datetime.now(_dt.timezone.utc)
     rid = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{task}-{uuid.uuid4().hex[:8]}"
     record = {
         "schema": SCHEMA,
         "id": rid,
-        "created": now.isoformat().replace("+00:00", "Z"),
+        "created": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "task": task,
         "protocol": protocol,
         "evaluated": evaluated,

@@ -55,3 +55,10 @@ def test_damaged_or_foreign_records(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(MochiError, match="broken.json"):
         load_records(tmp_path)
+
+
+def test_records_made_in_the_same_second_keep_their_order(tmp_path):
+    made = [rec(protocol=f"p{i}") for i in range(20)]
+    for r in made:
+        write_record(tmp_path, r)
+    assert [r["protocol"] for r in load_records(tmp_path)] == [f"p{i}" for i in range(20)]
