@@ -48,16 +48,6 @@ class EvalData:
     progress: bool = False
 
 
-def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise MochiError(f"unknown --device {name!r}: use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MochiError("--device cuda was requested but no CUDA device is available; use --device cpu")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", dist_utils.local_rank())
-
-
 def _split(cfg: EvalData, split: str, limit: int | None, transform):
     return open_split(
         cfg.data, split, root=cfg.data_root, subset=cfg.subset, transform=transform, limit=limit
@@ -65,7 +55,7 @@ def _split(cfg: EvalData, split: str, limit: int | None, transform):
 
 
 def _features(backbone: EvalBackbone, cfg: EvalData) -> tuple[Features, Features, dict, dict]:
-    device = resolve_device(cfg.device)
+    device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
     transform, spec = eval_transform(cfg.image_size, cfg.crop_fraction)
     cache = None if cfg.no_cache else FeatureCache(cfg.cache_dir)
@@ -149,7 +139,7 @@ def evaluate_linear(
     torch.manual_seed(seed)
     if protocol == "moco":
         config = config or linear_lib.MocoLinearConfig()
-        device = resolve_device(cfg.device)
+        device = dist_utils.resolve_device(cfg.device)
         if dist_utils.launched_by_torchrun():
             raise MochiError("the moco linear protocol runs in one process: start it without torchrun")
         train_tf = linear_lib.moco_train_transform(cfg.image_size)

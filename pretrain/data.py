@@ -677,23 +677,31 @@ def _few(items: Sequence[str], k: int = 5) -> str:
 
 
 class LimitedDataset(Dataset):
-    """A fixed random subset of ``limit`` images of ``dataset`` (seeded), for quick checks on a laptop."""
+    """A fixed random subset of ``limit`` images of ``dataset`` (seeded), for quick runs on a laptop.
+
+    Random rather than the first N: an image folder lists its images class by class, so its first N
+    images would cover only the first few classes.
+    """
 
     def __init__(self, dataset: SourceDataset, limit: int, seed: int = 0) -> None:
         if limit <= 0:
-            raise MochiError(f"--limit must be positive, got {limit}")
+            raise MochiError(
+                f"an image limit (--limit, --limit-train, --limit-test) must be >= 1, got {limit}"
+            )
         self.dataset = dataset
         n = len(dataset)
-        gen = np.random.default_rng(seed)
-        self.indices = np.sort(gen.permutation(n)[: min(limit, n)])
+        self.indices = np.sort(np.random.default_rng(seed).permutation(n)[: min(limit, n)])
         self.classes = dataset.classes
         self.targets = np.asarray(dataset.targets)[self.indices]
         self.limit = limit
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not 0 <= index < len(self.indices):
+            raise IndexError(f"index {index} out of range for {len(self.indices)} images")
         return self.dataset[int(self.indices[index])]
 
     def corrupt_count(self) -> int:
@@ -704,5 +712,6 @@ class LimitedDataset(Dataset):
             **self.dataset.identity(),
             "num_images": len(self),
             "limit": self.limit,
+            "limit_seed": self.seed,
             "of": len(self.dataset),
         }

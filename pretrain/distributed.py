@@ -36,6 +36,19 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` -> this process's device (``cuda:LOCAL_RANK`` under torchrun)."""
+    from mochi.errors import MochiError
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise MochiError(f"unknown --device {name!r}: use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MochiError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank())
+
+
 def init_from_env(device_type: str) -> None:
     """Initialise the default process group from torchrun's environment: NCCL on GPU, gloo on CPU."""
     if is_dist() or not launched_by_torchrun():

@@ -62,14 +62,6 @@ def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**63 - 1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MochiError("--device cuda was requested but no CUDA device is available; use --device cpu")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", dist_utils.local_rank())
-
-
 def amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         if cfg.amp in ("bf16", "fp16"):
@@ -149,7 +141,7 @@ class _Logger:
 
 def pretrain(cfg: PretrainConfig, show_progress: bool = True) -> PretrainResult:
     """Run (or resume) MoCo-v2 / MoCHi pretraining as configured. Returns where the results are."""
-    device = resolve_device(cfg.device)
+    device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
     try:
         return _pretrain(cfg, device, show_progress)

@@ -373,3 +373,21 @@ def test_skip_counter_shared_with_spawned_workers(tmp_path):
     )
     assert len(list(loader)) == len(ds) and bad.exists()
     assert ds.corrupt_count() == 1
+
+
+def test_limit_is_a_fixed_random_subset_across_classes(tmp_path):
+    from mochi.pretrain.data import LimitedDataset
+
+    for c in range(4):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(10):
+            Image.new("RGB", (4, 4), (c * 60, i, 0)).save(tmp_path / f"c{c}" / f"{i}.png")
+    ds = load_dataset(str(tmp_path))
+    a, b = LimitedDataset(ds, 8, seed=0), LimitedDataset(ds, 8, seed=0)
+    assert len(a) == 8 and list(a.indices) == list(b.indices)  # reproducible
+    # the first 8 files would hold classes 0 and 1 only: a limit must not drop classes like that
+    assert len(set(a.targets.tolist())) >= 3
+    assert [a[i][1] for i in range(8)] == a.targets.tolist()
+    assert a.identity()["limit"] == 8 and a.identity()["of"] == 40
+    with pytest.raises(MochiError, match="must be >= 1"):
+        LimitedDataset(ds, 0)

@@ -48,8 +48,8 @@ def data_options(f):
         click.option(
             "--test-split", default=_D.test_split, help="Split reported (image folders: usually val)."
         ),
-        click.option("--limit-train", default=None, type=int, help="Use only the first N training images."),
-        click.option("--limit-test", default=None, type=int, help="Use only the first N test images."),
+        click.option("--limit-train", default=None, type=int, help="Random N train images (seed 0)."),
+        click.option("--limit-test", default=None, type=int, help="Random N test images (seed 0)."),
         click.option(
             "--image-size", default=_D.image_size, type=int,
             help="Center-crop size (use the pretraining size, e.g. 32 for Fashion-MNIST runs).",
