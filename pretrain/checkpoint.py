@@ -53,7 +53,7 @@ def versions() -> dict[str, str]:
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    """All RNG states as weights_only-loadable values."""
+    """All RNG states as weights_only-loadable values (a record of the run; resuming re-seeds per epoch)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -65,17 +65,6 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
     if generator is not None:
         state["generator"] = generator.get_state()
     return state
-
-
-def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
 
 
 def build_checkpoint(

@@ -32,7 +32,6 @@ from mochi.pretrain.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
-    set_rng_state,
 )
 from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, validate
 from mochi.pretrain.data import LimitedDataset, load_dataset
@@ -226,8 +225,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
         meta = ckpt.get("mochi", {})
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-        if meta.get("rng") and world == 1:
-            set_rng_state(meta["rng"], generator if device.type == "cpu" else None)
+        # The saved RNG states are informational: every stream is re-seeded at each epoch start.
         start_epoch = int(ckpt["epoch"])
         if main:
             log.info("resumed from %s at epoch %d", resume_from, start_epoch)
