@@ -28,7 +28,7 @@ MOCHI_CKPT=$(latest "$RUN_DIR/mochi")
 
 evaluate() {  # evaluate <backbone args...>
   "$MOCHI" knn "$@" "${DATA[@]}"
-  "$MOCHI" linear "$@" "${DATA[@]}" --protocol lbfgs --patience 5
+  "$MOCHI" linear "$@" "${DATA[@]}" --protocol lbfgs
   "$MOCHI" linear "$@" "${DATA[@]}" --protocol sgd-grid
 }
 

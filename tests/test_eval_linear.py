@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mochi.errors import MochiError
 from mochi.eval.backbones import load_eval_backbone
 from mochi.eval.data import open_split
 from mochi.eval.features import eval_transform, get_features
@@ -12,6 +13,7 @@ from mochi.eval.linear import (
     LbfgsConfig,
     MocoLinearConfig,
     SgdGridConfig,
+    auto_blas_threads,
     held_out_split,
     linear_lbfgs,
     linear_moco,
@@ -64,6 +66,57 @@ def test_cached_protocols_beat_chance_clearly(feats):
     )
     assert knn["top1"] > 40 and sgd["top1"] > 40 and lb["top1"] > 40  # chance: 10
     assert sgd_d["best_lr"] in SgdGridConfig().lrs and lb_d["best_C"] in (1e-3, 1e-2, 1e-1)
+
+
+def test_lbfgs_refit_reaches_the_cold_start_optimum(feats):
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = feats
+    metrics, details = linear_lbfgs(
+        train.features, train.labels, test.features, test.labels, LbfgsConfig(c_values=(0.1,), max_iter=5000)
+    )
+    mean, std = train.features.mean(0), train.features.std(0, ddof=1).clip(1e-6)
+    cold = LogisticRegression(C=0.1, max_iter=5000).fit((train.features - mean) / std, train.labels)
+    direct = 100 * (cold.predict((test.features - mean) / std) == test.labels).mean()
+    assert details["best_C"] == 0.1 and abs(metrics["top1"] - direct) < 1.0  # 1 image of 150 = 0.67
+
+
+def test_auto_blas_threads_uses_one_thread_for_small_problems():
+    assert auto_blas_threads(1000, 512) == 1
+    assert auto_blas_threads(8000, 2048) == 1
+    assert auto_blas_threads(10_000, 2048) is None  # library default: every core
+    assert auto_blas_threads(1_281_167, 2048) is None
+
+
+@pytest.mark.parametrize("requested, expected", [(0, 1), (2, 2)])
+def test_lbfgs_fits_run_under_the_blas_thread_limit(feats, monkeypatch, requested, expected):
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen, fit, before = [], LogisticRegression.fit, blas_threads()
+
+    def spy(self, *args, **kwargs):
+        seen.append(blas_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    train, test = feats
+    _, details = linear_lbfgs(
+        train.features, train.labels, test.features, test.labels,
+        LbfgsConfig(c_values=(1e-2, 1e-1), blas_threads=requested),
+    )  # fmt: skip
+    assert len(seen) == 3 and all(s == {expected} for s in seen)  # two sweep fits and the refit
+    assert details["blas_threads"] == expected
+    assert blas_threads() == before  # the limit is lifted afterwards
+
+
+def test_lbfgs_rejects_a_negative_thread_count(feats):
+    train, test = feats
+    with pytest.raises(MochiError, match="blas_threads"):
+        linear_lbfgs(train.features, train.labels, test.features, test.labels, LbfgsConfig(blas_threads=-1))
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,14 @@ def _csv(values) -> str:
 @click.option("--c-values", default=None, help="lbfgs: C values  [default: 10^linspace(-6, 5, 45)]")
 @click.option("--max-iter", default=_L.max_iter, type=int, help="lbfgs: iterations per fit.")
 @click.option(
-    "--patience", default=_L.patience, type=int,
+    "--patience",
+    default=_L.patience,
+    type=int,
     help="lbfgs: stop the C sweep after this many values without improvement (0: sweep all).",
+)
+@click.option(
+    "--blas-threads", default=_L.blas_threads, type=click.IntRange(min=0),
+    help="lbfgs: BLAS threads for the fits (0: auto, one thread for a small problem).",
 )  # fmt: skip
 def linear_cmd(protocol: str, seed: int, **options) -> None:
     """Linear top-1 / top-5 of CHECKPOINT (or --random-init); the record names the protocol.
@@ -62,6 +68,7 @@ def linear_cmd(protocol: str, seed: int, **options) -> None:
     lrs, wds = parse_list(options.pop("lrs"), float, "--lrs"), parse_list(options.pop("wds"), float, "--wds")
     val_fraction, c_values = options.pop("val_fraction"), options.pop("c_values")
     max_iter, patience = options.pop("max_iter"), options.pop("patience")
+    blas_threads = options.pop("blas_threads")
     if protocol == "moco":
         config = MocoLinearConfig(
             epochs=epochs or _M.epochs, lr=lr, weight_decay=wd, batch_size=batch, lr_steps=tuple(lr_steps)
@@ -73,7 +80,10 @@ def linear_cmd(protocol: str, seed: int, **options) -> None:
         )  # fmt: skip
     else:
         cs = tuple(parse_list(c_values, float, "--c-values")) if c_values else _L.c_values
-        config = LbfgsConfig(c_values=cs, max_iter=max_iter, val_fraction=val_fraction, patience=patience)
+        config = LbfgsConfig(
+            c_values=cs, max_iter=max_iter, val_fraction=val_fraction, patience=patience,
+            blas_threads=blas_threads,
+        )  # fmt: skip
     results = options.pop("results")
     backbone = load_eval_backbone(**split_backbone(options))
     record = evaluate_linear(backbone, split_data(options), protocol=protocol, config=config, seed=seed)
