@@ -85,8 +85,9 @@ class LbfgsConfig:
 
 
 # Below this many training-matrix elements a multi-threaded BLAS spends more on waking and syncing its
-# threads than on the products (measured: 800 x 512, 10 classes, runs 3.5x faster on one thread than on
-# two; 10,000 x 2048 is the first size where two threads win). benchmarks/bench_linear.py measures it.
+# threads than on the products. benchmarks/bench_blas_threads.py measures it: on a 2-core CPU one thread
+# is faster up to 10,000 x 2048 and two win from about 25,000 x 2048. The bound sits below that crossover,
+# since machines with more cores gain more from threads on large problems.
 SMALL_BLAS_PROBLEM = 1 << 24
 
 
