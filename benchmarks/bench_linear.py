@@ -22,7 +22,7 @@ import torch
 
 from mochi.eval.backbones import load_eval_backbone
 from mochi.eval.data import open_split
-from mochi.eval.features import eval_transform, get_features
+from mochi.eval.features import get_features
 from mochi.eval.linear import (
     LbfgsConfig,
     MocoLinearConfig,
@@ -32,6 +32,7 @@ from mochi.eval.linear import (
     moco_train_transform,
 )
 from mochi.io import atomic_write_json
+from mochi.transforms import eval_transform
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
-"""Opening an evaluation split: a :func:`mochi.pretrain.data.load_dataset` source, optionally limited."""
+"""Opening an evaluation split: a :func:`mochi.data.load_dataset` source, optionally limited."""
 
 from __future__ import annotations
 
-from mochi.pretrain.data import LimitedDataset, load_dataset
+from mochi.data import LimitedDataset, load_dataset
 
 
 def open_split(

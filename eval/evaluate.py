@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from mochi import distributed as dist_utils
 from mochi.errors import MochiError
-from mochi.pretrain import distributed as dist_utils
+from mochi.transforms import eval_transform
 
 from . import knn as knn_lib
 from . import linear as linear_lib
 from .backbones import EvalBackbone
 from .data import open_split
-from .features import FeatureCache, Features, eval_transform, get_features
+from .features import FeatureCache, Features, get_features
 from .records import make_record
 
 
@@ -183,7 +184,3 @@ def evaluate_linear(
         wall_time_s=round(time.perf_counter() - start, 3),
         extra={"details": details},
     )
-
-
-def eval_data_dict(cfg: EvalData) -> dict[str, Any]:
-    return asdict(cfg)

@@ -24,13 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mochi import distributed as dist_utils
 from mochi.errors import MochiError
 from mochi.io import atomic_write_json, sha256_file
-from mochi.pretrain import distributed as dist_utils
-from mochi.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 
 from .backbones import EvalBackbone
 
@@ -43,31 +41,6 @@ DTYPES = ("float16", "float32")
 def default_cache_dir() -> Path:
     """``$MOCHI_CACHE/features``, else ``~/.cache/mochi/features``."""
     return Path(os.environ.get("MOCHI_CACHE", "~/.cache/mochi")).expanduser() / "features"
-
-
-def eval_transform(image_size: int = 224, crop_fraction: float | None = None) -> tuple[T.Compose, dict]:
-    """Deterministic evaluation transform and its description (for cache keys and records).
-
-    Resize the short side to ``image_size / crop_fraction``, center-crop ``image_size``, ImageNet
-    normalisation. ``crop_fraction`` defaults to 0.875 (Resize 256 + CenterCrop 224, the reference) for
-    ``image_size >= 128`` and to 1.0 (the whole image resized) for small images such as 28 px
-    Fashion-MNIST, which pretraining also saw whole.
-    """
-    if crop_fraction is None:
-        crop_fraction = 0.875 if image_size >= 128 else 1.0
-    if not 0 < crop_fraction <= 1:
-        raise MochiError(f"crop fraction must be in (0, 1], got {crop_fraction}")
-    resize = round(image_size / crop_fraction)
-    transform = T.Compose(
-        [
-            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-    spec = {"resize": resize, "center_crop": image_size, "interpolation": "bilinear", "normalize": "imagenet"}
-    return transform, spec
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mochi.errors import MochiError
-from mochi.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+from mochi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 from .backbones import EvalBackbone
 from .knn import classification_metrics
@@ -410,9 +409,3 @@ def linear_moco(
 def config_dict(config: Any) -> dict[str, Any]:
     d = asdict(config)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

@@ -27,35 +27,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import platform
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mochi import __version__
 from mochi.errors import MochiError
 from mochi.io import atomic_open
+from mochi.versions import library_versions
 
 SCHEMA = "mochi.record/1"
 REQUIRED = ("schema", "id", "created", "task", "protocol", "evaluated", "data", "hyperparameters", "metrics")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that can change a number (imported lazily; absent ones skipped)."""
-    out = {"mochi": __version__, "python": platform.python_version()}
-    for name in ("torch", "torchvision", "numpy", "sklearn", "faiss", "detectron2"):
-        try:
-            if name == "faiss":
-                from mochi.eval.knn import import_faiss  # the one place faiss is imported (OpenBLAS fix)
-
-                module = import_faiss()
-            else:
-                module = __import__(name)
-        except Exception:  # noqa: BLE001 - an optional library may fail to import in many ways
-            continue
-        out[name] = str(getattr(module, "__version__", "unknown"))
-    return out
 
 
 def make_record(

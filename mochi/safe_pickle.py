@@ -8,7 +8,6 @@ file raises :class:`UnsafePickleError` instead of running anything.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from typing import Any
@@ -45,11 +44,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(
             f"refusing to unpickle global {module}.{name}: only numpy arrays and plain containers are allowed"
         )
-
-
-def safe_loads(data: bytes, *, encoding: str = "ASCII") -> Any:
-    """Unpickle ``data`` allowing only numpy arrays and plain containers."""
-    return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
 
 
 def safe_load(path: str | os.PathLike, *, encoding: str = "ASCII") -> Any:

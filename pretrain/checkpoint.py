@@ -1,55 +1,23 @@
-"""Checkpoint files in the reference MoCo layout, written atomically.
+"""Writing and reading pretraining checkpoints, atomically, in the layout of :mod:`mochi.layout`.
 
-``checkpoint_{epoch:04d}.pth.tar`` holds, as ``main_moco.py`` writes it, ``epoch`` (the next epoch to
-run, i.e. the 0-based index of the finished epoch + 1), ``arch``, ``state_dict`` with keys prefixed
-``module.`` (``module.encoder_q.*``, ``module.encoder_k.*``, ``module.queue``, ``module.queue_ptr``)
-and ``optimizer``; our metadata goes under ``mochi`` (full config, queue pointer, RNG states, versions).
-Everything in the file loads with ``torch.load(..., weights_only=True)``.
+``epoch`` is the next epoch to run (the 0-based index of the finished epoch + 1), as ``main_moco.py`` writes
+it; the key prefixes, the metadata block and its format version are defined once in :mod:`mochi.layout`.
 """
 
 from __future__ import annotations
 
-import platform
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mochi import __version__
+from mochi import layout
 from mochi.errors import MochiError
 from mochi.io import atomic_torch_save
-
-FORMAT_VERSION = 1
-_NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
-
-
-def checkpoint_name(epoch_index: int) -> str:
-    return f"checkpoint_{epoch_index:04d}.pth.tar"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints in ``run_dir`` sorted by epoch."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def versions() -> dict[str, str]:
-    import torchvision
-
-    return {
-        "mochi": __version__,
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cuda": str(torch.version.cuda),
-    }
+from mochi.layout import checkpoint_name, list_checkpoints
+from mochi.versions import library_versions
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -79,19 +47,19 @@ def build_checkpoint(
     metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict after finishing 0-based epoch ``epoch_index`` (model unwrapped from DDP)."""
-    state_dict = {f"module.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    state_dict = {f"{layout.MODULE_PREFIX}{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     return {
         "epoch": epoch_index + 1,
         "arch": arch,
-        "state_dict": state_dict,
+        layout.STATE_DICT_KEY: state_dict,
         "optimizer": optimizer.state_dict(),
-        "mochi": {
-            "format_version": FORMAT_VERSION,
+        layout.META_KEY: {
+            "format_version": layout.FORMAT_VERSION,
             "config": config,
             "queue_ptr": int(model.queue_ptr.item()),
             "rng": rng_state(generator),
             "scaler": scaler_state,
-            "versions": versions(),
+            "versions": library_versions(),
             "metrics": metrics or {},
         },
     }
@@ -119,7 +87,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}. "
             "The file is truncated, corrupt or not a mochi/MoCo checkpoint; resume from an earlier one"
         ) from None
-    if not isinstance(ckpt, dict) or not {"epoch", "state_dict", "optimizer"} <= set(ckpt):
+    if not isinstance(ckpt, dict) or not set(layout.REQUIRED_KEYS) <= set(ckpt):
         raise MochiError(
             f"{path} is not a MoCo/mochi pretraining checkpoint (needs epoch, state_dict and optimizer)"
         )

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mochi.errors import MochiError
-from mochi.pretrain.augment import AUGMENTATIONS
-from mochi.pretrain.moco import ARCHS
+from mochi.resnet import ARCHS
+from mochi.transforms import AUGMENTATIONS
 
 # Keys that define the model, its optimisation trajectory or its data: a resumed run must match them.
 RESUME_MUST_MATCH = (

@@ -11,13 +11,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from mochi.pretrain import distributed as dist_utils
+from mochi import distributed as dist_utils
 from mochi.pretrain.losses import contrastive_loss, mix_hard_negatives, mochi_logits, moco_logits, proxy_top1
-
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from mochi.resnet import build_torchvision_resnet
 
 
 def build_encoder(arch: str, dim: int = 128, mlp: bool = True, small_stem: bool = False) -> nn.Module:
@@ -26,12 +24,7 @@ def build_encoder(arch: str, dim: int = 128, mlp: bool = True, small_stem: bool 
     ``small_stem`` swaps the 7×7/2 conv + max-pool for a 3×3/1 conv and no pooling, the usual stem for
     32 px images; parameter names are unchanged.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    net = getattr(torchvision.models, arch)(weights=None, num_classes=dim)
-    if small_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
+    net = build_torchvision_resnet(arch, small_stem, num_classes=dim)
     if mlp:
         hidden = net.fc.weight.shape[1]
         net.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), net.fc)

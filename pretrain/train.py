@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from mochi import distributed as dist_utils
+from mochi.data import LimitedDataset, load_dataset
 from mochi.errors import MochiError
 from mochi.io import atomic_write_json, atomic_write_text
-from mochi.pretrain import distributed as dist_utils
-from mochi.pretrain.augment import TwoCrops, build_augmentation
 from mochi.pretrain.checkpoint import (
     build_checkpoint,
     list_checkpoints,
@@ -34,8 +34,8 @@ from mochi.pretrain.checkpoint import (
     save_checkpoint,
 )
 from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, validate
-from mochi.pretrain.data import LimitedDataset, load_dataset
 from mochi.pretrain.moco import MochiParams, MoCo
+from mochi.transforms import TwoCrops, build_augmentation
 
 log = logging.getLogger("mochi.pretrain")
 

@@ -1,4 +1,4 @@
-"""Rebuild the embedded Fashion-MNIST subset in pretrain/assets/fashion_mnist/.
+"""Rebuild the embedded Fashion-MNIST subset in mochi/data/assets/fashion_mnist/.
 
 Takes the first ``--train-per-class`` images of each class from the training split and the first
 ``--test-per-class`` of each class from the test split, in file order, and writes them in the
@@ -34,7 +34,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", type=Path, help="folder with the four original idx .gz files")
-    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "pretrain/assets/fashion_mnist")
+    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "mochi/data/assets/fashion_mnist")
     p.add_argument("--train-per-class", type=int, default=1000)
     p.add_argument("--test-per-class", type=int, default=200)
     a = p.parse_args()

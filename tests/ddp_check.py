@@ -8,9 +8,9 @@ import sys
 
 import torch
 import torch.distributed as dist
+from fixtures import global_batch, tiny_moco_kwargs
 
 from mochi.pretrain.moco import MochiParams, MoCo
-from mochi.pretrain.testing import global_batch, tiny_moco_kwargs
 
 
 def main(out: str, mix: bool) -> None:

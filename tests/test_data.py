@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from mochi import data
+from mochi.data import DATASET_NAMES, load_dataset, read_idx
 from mochi.errors import MochiError
-from mochi.pretrain import data
-from mochi.pretrain.data import DATASET_NAMES, describe_sources, load_dataset, read_idx
 
 
 def _write_idx(path, arr: np.ndarray) -> None:
@@ -72,7 +72,7 @@ def test_fashion_mnist_prefers_full_set_when_present(tmp_path, monkeypatch):
     assert len(load_dataset("fashion-mnist", "test", root=str(tmp_path))) == 10
 
     # Without root: the Debian folder when all four files are there, else the embedded subset.
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path)
+    monkeypatch.setattr(data.fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path)
     ds = load_dataset("fashion-mnist", "test")
     assert len(ds) == 10 and ds.identity()["source"] == "debian-full"
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -246,7 +246,7 @@ def test_image_folder_direct_layout_and_transform(tmp_path):
 
 
 def _all_synsets():
-    return (data.ASSETS / "imagenet100.txt").read_text().split()
+    return (data.folders.ASSETS / "imagenet100.txt").read_text().split()
 
 
 def test_imagenet100_subset_keeps_listed_synsets(tmp_path):
@@ -292,7 +292,7 @@ def test_unknown_name_lists_valid_names():
         load_dataset("fashion-mnist-embedded", "val")
     with pytest.raises(MochiError, match="on_corrupt"):
         load_dataset("fashion-mnist-embedded", on_corrupt="ignore")
-    assert "stl10" in DATASET_NAMES and all(n in describe_sources() for n in DATASET_NAMES)
+    assert "stl10" in DATASET_NAMES
 
 
 def test_missing_and_empty_folders(tmp_path):
@@ -376,7 +376,7 @@ def test_skip_counter_shared_with_spawned_workers(tmp_path):
 
 
 def test_limit_is_a_fixed_random_subset_across_classes(tmp_path):
-    from mochi.pretrain.data import LimitedDataset
+    from mochi.data import LimitedDataset
 
     for c in range(4):
         (tmp_path / f"c{c}").mkdir()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from mochi import layout
 from mochi.cli import main
 from mochi.detectron_configs import config_names
 from mochi.errors import MochiError
@@ -151,7 +152,7 @@ def mochi_r50(tmp_path_factory):
     mlp = {"fc.0.weight": torch.randn(2048, 2048), "fc.2.weight": torch.randn(128, 2048)}
     path = tmp_path_factory.mktemp("ckpt") / "mochi_r50.pth"
     sd = {f"module.encoder_q.{k}": v for k, v in {**r50, **mlp}.items()}
-    meta = {"config": {"arch": "resnet50", "small_stem": False}}
+    meta = {"format_version": layout.FORMAT_VERSION, "config": {"arch": "resnet50", "small_stem": False}}
     torch.save({"epoch": 1, "arch": "resnet50", "state_dict": sd, "mochi": meta}, path)
     return path, r50
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import global_batch, tiny_moco_kwargs
 
 from mochi.pretrain.moco import MoCo
-from mochi.pretrain.testing import global_batch, tiny_moco_kwargs
 
 HERE = Path(__file__).parent
 

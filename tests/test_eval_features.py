@@ -7,7 +7,8 @@ import torchvision
 
 from mochi.eval.backbones import load_eval_backbone
 from mochi.eval.data import open_split
-from mochi.eval.features import FeatureCache, eval_transform, get_features
+from mochi.eval.features import FeatureCache, get_features
+from mochi.transforms import eval_transform
 
 TF, SPEC = eval_transform(32)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mochi.errors import MochiError
 from mochi.eval.backbones import load_eval_backbone
 from mochi.eval.data import open_split
-from mochi.eval.features import eval_transform, get_features
+from mochi.eval.features import get_features
 from mochi.eval.knn import knn_classify
 from mochi.eval.linear import (
     BackboneChanged,
@@ -21,6 +21,7 @@ from mochi.eval.linear import (
     moco_train_transform,
     train_linear_heads,
 )
+from mochi.transforms import eval_transform
 
 TF, SPEC = eval_transform(32)
 

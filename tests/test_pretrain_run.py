@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from mochi.cli import main
-from mochi.pretrain.checkpoint import list_checkpoints
+from mochi.data import load_dataset
+from mochi.layout import list_checkpoints
 from mochi.pretrain.config import PretrainConfig
-from mochi.pretrain.data import load_dataset
 from mochi.pretrain.train import lr_at_epoch, pretrain
 
 TINY = [

@@ -4,7 +4,13 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from mochi.safe_pickle import UnsafePickleError, safe_load, safe_loads
+from mochi.safe_pickle import UnsafePickleError, safe_load
+
+
+def _loads(data: bytes, tmp_path, name: str = "x.pkl"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return safe_load(path)
 
 
 def test_round_trips_numpy_and_containers(tmp_path):
@@ -14,7 +20,7 @@ def test_round_trips_numpy_and_containers(tmp_path):
         "name": b"x",
     }
     for proto in (2, pickle.HIGHEST_PROTOCOL):
-        back = safe_loads(pickle.dumps(obj, protocol=proto))
+        back = _loads(pickle.dumps(obj, protocol=proto), tmp_path)
         np.testing.assert_array_equal(back["model"]["w"], obj["model"]["w"])
         assert back["labels"] == [1, 2, 3] and back["name"] == b"x"
     p = tmp_path / "f.pkl"
@@ -34,5 +40,5 @@ def test_refuses_code_execution(tmp_path):
     marker = tmp_path / "pwned"
     data = pickle.dumps({"model": _Evil(str(marker))})
     with pytest.raises(UnsafePickleError, match="refusing to unpickle global io.open"):
-        safe_loads(data)
+        _loads(data, tmp_path)
     assert not marker.exists()

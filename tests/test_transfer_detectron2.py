@@ -131,7 +131,7 @@ def test_resnet50_moco_checkpoint_to_detectron2_and_back(tmp_path):
     r50 = _r50_backbone()
     mlp = {"fc.0.weight": torch.randn(2048, 2048), "fc.2.weight": torch.randn(128, 2048)}
     sd = {f"module.encoder_q.{k}": v for k, v in {**r50, **mlp}.items()}
-    meta = {"config": {"arch": "resnet50", "small_stem": False}}
+    meta = {"format_version": 1, "config": {"arch": "resnet50", "small_stem": False}}
     torch.save({"epoch": 1, "arch": "resnet50", "state_dict": sd, "mochi": meta}, tmp_path / "c.pth")
     report = export_backbone(tmp_path / "c.pth", tmp_path / "r50.pkl", to="detectron2")
     assert (report.format, report.arch, report.num_loaded) == ("mochi", "resnet50", len(r50))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mochi import layout as mochi_layout
 from mochi.errors import MochiError
 from mochi.transfer import from_detectron2, load_backbone, to_detectron2
 from mochi.transfer.detectron2 import tv_to_d2_name
@@ -34,7 +35,7 @@ def mochi_own(b):
     sd = {**_prefixed(b, "module.encoder_q."), **_mlp("module.encoder_q.fc.")}
     sd |= {**_prefixed(b, "module.encoder_k.", 1.0), **_mlp("module.encoder_k.fc.")}
     sd |= {"module.queue": torch.randn(16, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    meta = {"config": {"arch": "resnet18", "small_stem": False}, "version": "0.1.0"}
+    meta = {"format_version": 1, "config": {"arch": "resnet18", "small_stem": False}, "version": "0.1.0"}
     obj = {"epoch": 2, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}}, "mochi": meta}
     return obj, "torch", "mochi", "module.encoder_q.", "query"
 
@@ -297,3 +298,17 @@ def test_from_detectron2_accepts_file_content_or_model(backbone18):
     assert_same(from_detectron2({"model": d, "__author__": "x"}), backbone18)
     with pytest.raises(MochiError, match="not a Detectron2 ResNet name"):
         from_detectron2({"fpn_lateral2.weight": np.zeros(1)})
+
+
+def test_own_checkpoints_are_recognised_by_layout_version(backbone18, tmp_path):
+    # The format label comes from the mochi block's format_version, not from a "mochi" key alone.
+    obj, *_ = mochi_own(backbone18)
+    torch.save(obj, tmp_path / "ours.pth")
+    assert load_backbone(tmp_path / "ours.pth")[1].format == "mochi"
+    no_version = {**obj, "mochi": {k: v for k, v in obj["mochi"].items() if k != "format_version"}}
+    torch.save(no_version, tmp_path / "other.pth")
+    assert load_backbone(tmp_path / "other.pth")[1].format == "moco"
+    newer = {**obj, "mochi": {**obj["mochi"], "format_version": mochi_layout.FORMAT_VERSION + 1}}
+    torch.save(newer, tmp_path / "newer.pth")
+    with pytest.raises(MochiError, match="newer mochi.*layout version 2.*upgrade"):
+        load_backbone(tmp_path / "newer.pth")

@@ -79,7 +79,10 @@ def test_small_stem_round_trip_and_clear_mismatch(tmp_path):
     assert isinstance(model.maxpool, torch.nn.Identity)
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     torch.save(
-        {"state_dict": _prefix(sd, "module.encoder_q."), "mochi": {"config": {"small_stem": True}}},
+        {
+            "state_dict": _prefix(sd, "module.encoder_q."),
+            "mochi": {"format_version": 1, "config": {"small_stem": True}},
+        },
         tmp_path / "s.pth",
     )
     got, report = load_backbone(tmp_path / "s.pth")

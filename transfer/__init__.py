@@ -5,11 +5,12 @@ Entry points: :func:`load_backbone` (any supported checkpoint → torchvision st
 :func:`from_detectron2` (name mapping both ways) and :func:`export_backbone` (``mochi export``).
 """
 
+from mochi.resnet import ARCHS, build_torchvision_resnet, infer_arch
+
 from .backbone import BackboneReport, build_backbone, inspect_checkpoint, load_backbone
 from .detectron2 import from_detectron2, to_detectron2, write_detectron2_pkl
 from .export import export_backbone
 from .loading import read_checkpoint
-from .resnet import ARCHS, build_torchvision_resnet, infer_arch
 
 __all__ = [
     "ARCHS",

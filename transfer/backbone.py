@@ -16,10 +16,10 @@ from torch import nn
 
 from mochi.errors import MochiError
 from mochi.io import sha256_file
+from mochi.resnet import ARCHS, ArchInfo, build_torchvision_resnet, compare, infer_arch, load_strict_except_fc
 
 from .formats import Extraction, check_plain_stem, extract
 from .loading import read_checkpoint
-from .resnet import ARCHS, ArchInfo, build_torchvision_resnet, compare, infer_arch, load_strict_except_fc
 
 FORMAT_NAMES = {
     "mochi": "mochi pretraining checkpoint (reference MoCo layout)",

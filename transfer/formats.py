@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mochi import layout
 from mochi.errors import MochiError
 
 from .detectron2 import CAFFE2_HINT, d2_to_tv_name
@@ -230,8 +231,10 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
         return "vissl"
     if cand.container[:1] in (("teacher",), ("student",)):
         return "dino"
+    if layout.mochi_format_version(obj) is not None:
+        return "mochi"
     if "encoder_q" in cand.prefix or "encoder_k" in cand.prefix:
-        return "mochi" if "mochi" in top else "moco"
+        return "moco"
     if cand.scheme == "lightly" or components & {"projection_head", "prediction_head", "backbone_momentum"}:
         return "lightly"
     if "meta" in top or "neck" in components:
@@ -246,7 +249,7 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
 def _declared(obj: Any) -> tuple[str | None, bool | None]:
     if not isinstance(obj, Mapping):
         return None, None
-    cfg = obj.get("mochi", {}).get("config", {}) if isinstance(obj.get("mochi"), Mapping) else {}
+    cfg = layout.declared_config(obj)
     arch = cfg.get("arch", obj.get("arch"))
     small = cfg.get("small_stem")
     return (arch if isinstance(arch, str) else None), (small if isinstance(small, bool) else None)

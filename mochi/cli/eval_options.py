@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from mochi.eval.evaluate import EvalData
+from mochi.resnet import ARCHS
 from mochi.transfer.formats import ENCODERS
-from mochi.transfer.resnet import ARCHS
 
 _D = EvalData()
 

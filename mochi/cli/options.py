@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mochi.resnet import ARCHS
 from mochi.transfer.formats import ENCODERS
-from mochi.transfer.resnet import ARCHS
 
 
 def checkpoint_options(f):

@@ -6,9 +6,9 @@ import logging
 
 import click
 
-from mochi.pretrain.augment import AUGMENTATIONS
 from mochi.pretrain.config import PretrainConfig
-from mochi.pretrain.moco import ARCHS
+from mochi.resnet import ARCHS
+from mochi.transforms import AUGMENTATIONS
 
 _D = PretrainConfig()
 
@@ -38,7 +38,7 @@ _D = PretrainConfig()
 @click.option(
     "-j", "--workers", default=_D.workers, type=int, help="Data-loading worker processes per device."
 )
-@click.option("-a", "--arch", default=_D.arch, type=click.Choice(ARCHS), help="torchvision ResNet.")
+@click.option("-a", "--arch", default=_D.arch, type=click.Choice(list(ARCHS)), help="torchvision ResNet.")
 @click.option(
     "--small-stem", is_flag=True, help="3x3 stride-1 first conv and no max-pool (32 px data; GPU speed)."
 )

@@ -1,8 +1,15 @@
-"""Augmentations: MoCo-v2's aug+ and a small-image variant, built from torchvision transforms."""
+"""Image transforms and their constants, shared by every stage (torchvision transforms only).
+
+- :func:`aug_plus` / :func:`build_augmentation`: MoCo-v2's pretraining augmentation and its no-blur
+  small-image variant; :class:`TwoCrops` applies one twice (query and key views).
+- :func:`eval_transform`: the deterministic resize + center-crop used for every frozen evaluation.
+"""
 
 from __future__ import annotations
 
 from torchvision import transforms as T
+
+from mochi.errors import MochiError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +42,7 @@ def build_augmentation(name: str, image_size: int) -> T.Compose:
         return aug_plus(image_size, blur=True)
     if name == "aug-plus-small":
         return aug_plus(image_size, blur=False)
-    raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    raise MochiError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
 
 class TwoCrops:
@@ -49,3 +56,28 @@ class TwoCrops:
 
     def __repr__(self) -> str:
         return f"TwoCrops({self.transform!r})"
+
+
+def eval_transform(image_size: int = 224, crop_fraction: float | None = None) -> tuple[T.Compose, dict]:
+    """Deterministic evaluation transform and its description (for cache keys and records).
+
+    Resize the short side to ``image_size / crop_fraction``, center-crop ``image_size``, ImageNet
+    normalisation. ``crop_fraction`` defaults to 0.875 (Resize 256 + CenterCrop 224, the reference) for
+    ``image_size >= 128`` and to 1.0 (the whole image resized) for small images such as 28 px
+    Fashion-MNIST, which pretraining also saw whole.
+    """
+    if crop_fraction is None:
+        crop_fraction = 0.875 if image_size >= 128 else 1.0
+    if not 0 < crop_fraction <= 1:
+        raise MochiError(f"crop fraction must be in (0, 1], got {crop_fraction}")
+    resize = round(image_size / crop_fraction)
+    transform = T.Compose(
+        [
+            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    spec = {"resize": resize, "center_crop": image_size, "interpolation": "bilinear", "normalize": "imagenet"}
+    return transform, spec

@@ -1,4 +1,6 @@
-"""ResNet architecture facts: infer the torchvision architecture from tensors, build it, load it strictly.
+"""The one ResNet builder and the architecture facts every stage shares.
+
+Infer the torchvision architecture from tensors, build it, load it strictly.
 
 Every backbone this suite reads or writes is an untouched torchvision ResNet (names ``conv1``,
 ``bn1``, ``layer1..4``, ``fc``), optionally with the small "CIFAR" stem: a 3×3 stride-1 ``conv1``
@@ -61,11 +63,17 @@ class ArchInfo:
         return self.stem == "small"
 
 
-def build_torchvision_resnet(arch: str, small_stem: bool = False) -> torchvision.models.ResNet:
-    """``torchvision.models.<arch>()``, random init; ``small_stem``: 3×3 stride-1 conv1, no max-pool."""
+def build_torchvision_resnet(
+    arch: str, small_stem: bool = False, *, num_classes: int = 1000
+) -> torchvision.models.ResNet:
+    """``torchvision.models.<arch>(num_classes=...)``, random init; the one ResNet builder of every stage.
+
+    ``small_stem``: 3×3 stride-1 conv1 and no max-pool (the usual stem for 32 px images); every tensor keeps
+    its name, only ``conv1.weight`` changes shape.
+    """
     if arch not in ARCHS:
         raise MochiError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
-    model = getattr(torchvision.models, arch)()
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if small_stem:
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
