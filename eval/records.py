@@ -98,6 +98,16 @@ def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def write_records(results_dir: str | Path, records: Sequence[dict[str, Any]]) -> list[Path]:
+    """The one writer of evaluation results: every record of ``records`` as ``<results_dir>/<id>.json``.
+
+    All records are validated before the first is written, so a bad record writes nothing.
+    """
+    for record in records:
+        validate_record(record)
+    return [write_record(results_dir, record) for record in records]
+
+
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
     """All records in ``results_dir`` (recursively), oldest first. A damaged file is a clear error."""
     root = Path(results_dir)
