@@ -19,8 +19,35 @@ from mochi.transfer import build_backbone, build_torchvision_resnet, load_backbo
 
 
 @dataclass
+class BackboneSpec:
+    """Which backbone to evaluate: a checkpoint (any format :mod:`mochi.transfer` reads) or random init.
+
+    ``checkpoint`` xor ``random_init``; ``arch`` names what to build for random init (with a checkpoint it
+    asserts the inferred architecture); ``small_stem`` / ``init_seed`` apply to random init; ``encoder`` /
+    ``prefix`` pick the network inside a multi-encoder checkpoint; ``trust_checkpoint`` allows arbitrary
+    unpickling (trusted files only).
+    """
+
+    checkpoint: str | None = None
+    random_init: bool = False
+    arch: str | None = None
+    small_stem: bool = False
+    init_seed: int = 0
+    encoder: str | None = None
+    prefix: str | None = None
+    trust_checkpoint: bool = False
+
+    def load(self) -> EvalBackbone:
+        return load_eval_backbone(
+            self.checkpoint, random_init=self.random_init, arch=self.arch, small_stem=self.small_stem,
+            seed=self.init_seed, encoder=self.encoder, prefix=self.prefix,
+            trust_checkpoint=self.trust_checkpoint,
+        )  # fmt: skip
+
+
+@dataclass
 class EvalBackbone:
-    """A ResNet whose ``fc`` is still torchvision's (replace it, or use :meth:`trunk` for features)."""
+    """A ResNet whose ``fc`` is still torchvision's; :meth:`trunk` gives the pooled-feature network."""
 
     model: nn.Module
     evaluated: dict[str, Any]
@@ -30,16 +57,19 @@ class EvalBackbone:
     def arch(self) -> str:
         return self.evaluated["arch"]
 
-    feature_dim: int = 0  # D of the pooled features, set from fc before trunk() removes it
+    feature_dim: int = 0  # D of the pooled features (fc's input width)
 
     def __post_init__(self) -> None:
         if isinstance(self.model.fc, nn.Linear):
             self.feature_dim = int(self.model.fc.in_features)
 
     def trunk(self) -> nn.Module:
-        """The model with ``fc`` replaced by identity: ``(B, 3, H, W) -> (B, D)`` pooled features."""
-        self.model.fc = nn.Identity()
-        return self.model
+        """``(B, 3, H, W) -> (B, D)`` pooled features: the model's own layers up to the average pool.
+
+        The returned module shares the model's layers (no copy) and leaves ``model`` untouched.
+        """
+        layers = [m for name, m in self.model.named_children() if name != "fc"]
+        return nn.Sequential(*layers, nn.Flatten(1))
 
 
 def _label(path: Path) -> str:

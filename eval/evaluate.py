@@ -1,18 +1,18 @@
-"""Evaluations end to end: backbone + data -> (cached) features -> protocol -> one result record.
+"""Evaluations end to end: backbone + data -> (cached) features -> protocol -> result records.
 
-Each ``evaluate_*`` function returns the record (see :mod:`mochi.eval.records`) without writing it; the
-caller writes it once everything has succeeded, so a failed run leaves no record behind. Under
-``torchrun`` the feature pass is sharded over ranks and only rank 0 computes metrics (others get None).
+The runner contract every evaluation follows (kNN, linear, detection): a library function that takes its
+config dataclasses and returns a list of records (see :mod:`mochi.eval.records`) without writing them;
+the caller writes them with :func:`mochi.eval.records.write_records` once everything has succeeded, so a
+failed run leaves no record behind. Under ``torchrun`` the feature pass is sharded over ranks and only
+rank 0 computes metrics (other ranks get an empty list). A runner changes no global state: random
+generators are local or restored (:func:`mochi.eval.linear.torch_seeded`), and the backbone is not modified.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from mochi import distributed as dist_utils
 from mochi.errors import MochiError
@@ -20,9 +20,10 @@ from mochi.transforms import eval_transform
 
 from . import knn as knn_lib
 from . import linear as linear_lib
-from .backbones import EvalBackbone
+from .backbones import BackboneSpec, EvalBackbone
 from .data import open_split
 from .features import FeatureCache, Features, get_features
+from .knn import KnnConfig
 from .records import make_record
 
 
@@ -80,20 +81,23 @@ def _features(backbone: EvalBackbone, cfg: EvalData) -> tuple[Features, Features
     return train, test, data, {"n_classes": n_classes}
 
 
+def _backbone(backbone: EvalBackbone | BackboneSpec) -> EvalBackbone:
+    return backbone.load() if isinstance(backbone, BackboneSpec) else backbone
+
+
 def evaluate_knn(
-    backbone: EvalBackbone,
-    cfg: EvalData,
-    *,
-    ks: Sequence[int] = knn_lib.DEFAULT_KS,
-    temperatures: Sequence[float] = knn_lib.DEFAULT_TEMPERATURES,
-    backend: str = "faiss",
-) -> dict[str, Any] | None:
-    """kNN record: ``metrics`` = headline ``top1/top5/mean_per_class`` (k=20, T=0.07 when requested) +
+    backbone: EvalBackbone | BackboneSpec, cfg: EvalData, config: KnnConfig | None = None
+) -> list[dict[str, Any]]:
+    """One kNN record: ``metrics`` = headline ``top1/top5/mean_per_class`` (k=20, T=0.07 when requested) +
     ``headline`` (its setting name) + ``settings`` (``{"k20_T0.07": {...}, ...}`` for every pair)."""
+    config = config or KnnConfig()
+    ks, temperatures = tuple(config.ks), tuple(config.temperatures)
+    backend = knn_lib.resolve_backend(config.backend)
+    backbone = _backbone(backbone)
     start = time.perf_counter()
     train, test, data, info = _features(backbone, cfg)
     if not dist_utils.is_main():
-        return None
+        return []
     knn_lib.check_settings(ks, temperatures, len(train), len(set(train.labels.tolist())))
     search_start = time.perf_counter()
     metrics = knn_lib.knn_classify(
@@ -108,7 +112,7 @@ def evaluate_knn(
         "normalize": "l2",
         "image_size": cfg.image_size,
     }
-    return make_record(
+    record = make_record(
         task="knn",
         protocol="knn-weighted-vote",
         evaluated=backbone.evaluated,
@@ -119,61 +123,58 @@ def evaluate_knn(
         wall_time_s=round(time.perf_counter() - start, 3),
         extra={"timing": {"knn_s": round(time.perf_counter() - search_start, 3)}},
     )
+    return [record]
 
 
 def evaluate_linear(
-    backbone: EvalBackbone,
-    cfg: EvalData,
-    *,
-    protocol: str,
-    config: Any = None,
-    seed: int = 0,
-) -> dict[str, Any] | None:
-    """Linear record for ``protocol`` in ``moco`` / ``sgd-grid`` / ``lbfgs``; ``config`` the protocol's
-    config dataclass (defaults when None). ``metrics``: test ``top1/top5/mean_per_class`` plus the
+    backbone: EvalBackbone | BackboneSpec, cfg: EvalData, config: linear_lib.LinearConfig
+) -> list[dict[str, Any]]:
+    """One linear record for ``config``'s protocol (``moco`` / ``sgd-grid`` / ``lbfgs``: the config
+    dataclass names it, and carries the seed). ``metrics``: test ``top1/top5/mean_per_class`` plus the
     protocol's choices (best lr / C, held-out accuracy)."""
-    if protocol not in linear_lib.PROTOCOLS:
+    protocol = getattr(config, "protocol", None)
+    if protocol not in linear_lib.CONFIGS or not isinstance(config, linear_lib.CONFIGS[protocol]):
         raise MochiError(
-            f"unknown linear protocol {protocol!r}: choose one of {', '.join(linear_lib.PROTOCOLS)}"
+            f"not a linear protocol config: {type(config).__name__}; use one of "
+            + ", ".join(c.__name__ for c in linear_lib.CONFIGS.values())
         )
+    seed = config.seed
+    if protocol == "moco" and dist_utils.launched_by_torchrun():
+        raise MochiError("the moco linear protocol runs in one process: start it without torchrun")
+    backbone = _backbone(backbone)
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    if protocol == "moco":
-        config = config or linear_lib.MocoLinearConfig()
-        device = dist_utils.resolve_device(cfg.device)
-        if dist_utils.launched_by_torchrun():
-            raise MochiError("the moco linear protocol runs in one process: start it without torchrun")
-        train_tf = linear_lib.moco_train_transform(cfg.image_size)
-        test_tf, spec = eval_transform(cfg.image_size, cfg.crop_fraction)
-        train_ds = _split(cfg, cfg.train_split, cfg.limit_train, train_tf)
-        test_ds = _split(cfg, cfg.test_split, cfg.limit_test, test_tf)
-        n_classes = len(train_ds.classes)
-        metrics, details = linear_lib.linear_moco(
-            backbone, train_ds, test_ds, n_classes, config, seed=seed, device=device, workers=cfg.workers,
-            amp=cfg.amp, progress=cfg.progress,
-        )  # fmt: skip
-        data = {
-            "dataset": train_ds.identity().get("name", cfg.data),
-            "train": train_ds.identity(),
-            "test": test_ds.identity(),
-            "num_classes": n_classes,
-            "transform": {"train": f"RandomResizedCrop({cfg.image_size}) + flip + imagenet", "test": spec},
-        }
-    else:
-        train, test, data, _ = _features(backbone, cfg)
-        if not dist_utils.is_main():
-            return None
-        if protocol == "sgd-grid":
-            config = config or linear_lib.SgdGridConfig()
-            fn = linear_lib.linear_sgd_grid
+    with linear_lib.torch_seeded(seed):
+        if protocol == "moco":
+            device = dist_utils.resolve_device(cfg.device)
+            train_tf = linear_lib.moco_train_transform(cfg.image_size)
+            test_tf, spec = eval_transform(cfg.image_size, cfg.crop_fraction)
+            train_ds = _split(cfg, cfg.train_split, cfg.limit_train, train_tf)
+            test_ds = _split(cfg, cfg.test_split, cfg.limit_test, test_tf)
+            n_classes = len(train_ds.classes)
+            metrics, details = linear_lib.linear_moco(
+                backbone, train_ds, test_ds, n_classes, config, seed=seed, device=device,
+                workers=cfg.workers, amp=cfg.amp, progress=cfg.progress,
+            )  # fmt: skip
+            data = {
+                "dataset": train_ds.identity().get("name", cfg.data),
+                "train": train_ds.identity(),
+                "test": test_ds.identity(),
+                "num_classes": n_classes,
+                "transform": {
+                    "train": f"RandomResizedCrop({cfg.image_size}) + flip + imagenet",
+                    "test": spec,
+                },
+            }
         else:
-            config = config or linear_lib.LbfgsConfig()
-            fn = linear_lib.linear_lbfgs
-        metrics, details = fn(train.features, train.labels, test.features, test.labels, config, seed=seed)
+            train, test, data, _ = _features(backbone, cfg)
+            if not dist_utils.is_main():
+                return []
+            fn = linear_lib.linear_sgd_grid if protocol == "sgd-grid" else linear_lib.linear_lbfgs
+            metrics, details = fn(train.features, train.labels, test.features, test.labels, config, seed=seed)
     hyper = {**linear_lib.config_dict(config), "image_size": cfg.image_size}
     if protocol != "moco":
         hyper["preprocessing"] = "standardize (train mean/std)"
-    return make_record(
+    record = make_record(
         task="linear",
         protocol=protocol,
         evaluated=backbone.evaluated,
@@ -184,3 +185,4 @@ def evaluate_linear(
         wall_time_s=round(time.perf_counter() - start, 3),
         extra={"details": details},
     )
+    return [record]

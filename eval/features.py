@@ -78,6 +78,9 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        # Its own generator: iterating a DataLoader draws a worker base seed, which would otherwise come
+        # from (and advance) the caller's global torch generator.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -14,9 +14,12 @@ Defaults (DINO ``eval_knn.py``): k = 10, 20, 100, 200; T = 0.07. The headline is
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,15 @@ HEADLINE = (20, 0.07)
 BACKENDS = ("faiss", "torch")
 # Bound on one query chunk's similarity block (floats): 2^27 floats = 512 MiB at float32.
 MAX_BLOCK = 1 << 27
+
+
+@dataclass
+class KnnConfig:
+    """The kNN protocol's settings: every ``k`` and ``T`` is scored from one search for ``max(k)``."""
+
+    ks: tuple[int, ...] = DEFAULT_KS
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    backend: str = "faiss"  # "faiss" (exact inner product) or "torch"; faiss falls back to torch if absent
 
 
 def setting_name(k: int, temperature: float) -> str:
@@ -91,28 +103,53 @@ def _cpu_has(flag: str) -> bool:
     return False
 
 
-def prepare_openblas() -> None:
-    """Set ``OPENBLAS_CORETYPE=Haswell`` if unset and the CPU has AVX2 (must run before faiss loads)."""
+def _openblas_core_type() -> str | None:
+    """``Haswell`` when the user has not chosen a core type and the CPU has AVX2, else None."""
     if "OPENBLAS_CORETYPE" not in os.environ and _cpu_has("avx2"):
-        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+        return "Haswell"
+    return None
 
 
 def import_faiss():
     """Import FAISS (the only place that does), working around its bundled OpenBLAS's CPU detection.
 
     That OpenBLAS misreads some virtual CPUs as an old core type and runs several times slower; when the
-    user has not chosen a core type and the CPU has AVX2, it is told "Haswell" before the library loads.
-    A type the CPU lacks would crash, so nothing is set without AVX2.
+    user has not chosen a core type and the CPU has AVX2, it is told "Haswell" while the library loads
+    (the variable is read once, at load) and the environment is restored afterwards. A type the CPU
+    lacks would crash, so nothing is set without AVX2.
     """
-    prepare_openblas()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are noise for users
+    core_type = _openblas_core_type() if "faiss" not in sys.modules else None
+    faiss_logger = logging.getLogger("faiss.loader")
+    level = faiss_logger.level
+    faiss_logger.setLevel(logging.WARNING)  # its INFO lines are noise for users
+    if core_type is not None:
+        os.environ["OPENBLAS_CORETYPE"] = core_type
     try:
         import faiss
     except ImportError:
         raise MochiError(
-            "the faiss backend needs FAISS: pip install faiss-cpu (or faiss-gpu), or pass --backend torch"
+            "the faiss backend needs FAISS: pip install faiss-cpu (or mochi-ssl[gpu]), or use --backend torch"
         ) from None
+    finally:
+        faiss_logger.setLevel(level)
+        if core_type is not None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
     return faiss
+
+
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend that will search: ``faiss`` falls back to ``torch`` (with a one-line notice) when FAISS
+    is not installed; an unknown name is an error."""
+    if backend not in BACKENDS:
+        raise MochiError(f"unknown kNN backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "faiss" and not faiss_available():
+        logger.warning("FAISS is not installed: searching with the torch backend (pip install faiss-cpu)")
+        return "torch"
+    return backend
 
 
 def _faiss_search(train: np.ndarray, queries: np.ndarray, kmax: int, device: str) -> tuple[np.ndarray, ...]:

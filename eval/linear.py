@@ -15,24 +15,19 @@ that one lr / C grid fits every method's feature scale. Every default sits in th
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision.transforms as T
 from threadpoolctl import threadpool_limits
-from torch import nn
-from torch.utils.data import DataLoader
 
 from mochi.errors import MochiError
-from mochi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-from .backbones import EvalBackbone
 from .knn import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -42,8 +37,9 @@ PROTOCOLS = ("moco", "sgd-grid", "lbfgs")
 
 @dataclass
 class MocoLinearConfig:
-    """Reference ``main_lincls.py`` defaults [C]."""
+    """Reference ``main_lincls.py`` defaults [C]; ``seed`` seeds the head's init and the data order."""
 
+    protocol: ClassVar[str] = "moco"
     epochs: int = 100
     lr: float = 30.0
     momentum: float = 0.9
@@ -51,18 +47,24 @@ class MocoLinearConfig:
     batch_size: int = 256
     lr_steps: tuple[int, ...] = (60, 80)
     fc_init_std: float = 0.01
+    seed: int = 0
 
 
 @dataclass
 class SgdGridConfig:
-    """Heads trained together on cached features; lr per 256 images (linear scaling with the batch)."""
+    """Heads trained together on cached features; lr per 256 images (linear scaling with the batch).
 
+    ``seed`` seeds the held-out split, the heads' init and the data order.
+    """
+
+    protocol: ClassVar[str] = "sgd-grid"
     lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
     epochs: int = 30
     batch_size: int = 256
     momentum: float = 0.9
     val_fraction: float = 0.2
+    seed: int = 0
 
 
 @dataclass
@@ -74,13 +76,16 @@ class LbfgsConfig:
     documented shortcut: large C values are the slow fits and, past the optimum, only overfit.
 
     ``blas_threads``: BLAS threads for the fits; 0 (auto) picks :func:`auto_blas_threads`.
+    ``seed``: the held-out split.
     """
 
+    protocol: ClassVar[str] = "lbfgs"
     c_values: tuple[float, ...] = field(default_factory=lambda: tuple(np.logspace(-6, 5, 45).tolist()))
     max_iter: int = 1000
     val_fraction: float = 0.2
     patience: int = 0
     blas_threads: int = 0
+    seed: int = 0
 
 
 # Below this many training-matrix elements a multi-threaded BLAS spends more on waking and syncing its
@@ -92,6 +97,21 @@ SMALL_BLAS_PROBLEM = 1 << 24
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared helpers
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator for the body only; its state (CPU and the current GPU) is restored after.
+
+    Evaluations must not change the caller's random state, yet the reference protocol draws its head
+    init and augmentations from the global generator.
+    """
+    devices = (
+        [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def held_out_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -306,106 +326,42 @@ def _lbfgs_sweep(
     return metrics, details
 
 
-# ---------------------------------------------------------------------------------------------------------
-# moco (reference)
-
-
-class BackboneChanged(MochiError):
-    """The frozen backbone changed during linear training: the protocol's numbers would be invalid."""
-
-
-def backbone_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-
-
-def check_backbone_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    """``main_lincls.py``'s sanity check: every backbone tensor (weights and BN buffers) is unchanged."""
-    after = model.state_dict()
-    changed = [k for k, v in before.items() if not torch.equal(v, after[k].to(v.device))]
-    if changed:
-        raise BackboneChanged(
-            f"{len(changed)} backbone tensors changed during linear training "
-            f"(e.g. {', '.join(changed[:3])}): "
-            "the backbone was not frozen"
-        )
-
-
-def moco_train_transform(image_size: int) -> T.Compose:
-    """RandomResizedCrop + flip + ImageNet normalisation (reference linear training augmentation)."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-
-
-def linear_moco(
-    backbone: EvalBackbone,
-    train_dataset,
-    test_dataset,
-    n_classes: int,
-    config: MocoLinearConfig | None = None,
-    *,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-    amp: bool = True,
-    progress: bool = False,
-    _train_hook=None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train ``fc`` on the frozen backbone (datasets carry the train / eval transforms).
-
-    Returns ``(metrics, details)``. Raises :class:`BackboneChanged` if any backbone tensor moved.
-    ``_train_hook(model)`` runs after each epoch (tests use it to simulate a leak).
-    """
-    from tqdm import tqdm
-
-    cfg = config or MocoLinearConfig()
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    model = copy.deepcopy(backbone.model)
-    model.fc = nn.Linear(backbone.feature_dim, n_classes)
-    nn.init.normal_(model.fc.weight, 0.0, cfg.fc_init_std)
-    nn.init.zeros_(model.fc.bias)
-    for name, p in model.named_parameters():
-        p.requires_grad = name.startswith("fc.")
-    model.to(device).eval()  # eval(): BN statistics stay frozen, as in the reference
-    before = backbone_snapshot(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = amp and device.type == "cuda"
-    g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        train_dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, generator=g,
-        pin_memory=device.type == "cuda",
-    )  # fmt: skip
-    for epoch in tqdm(range(cfg.epochs), desc="linear (moco)", disable=not progress, leave=False):
-        lr = cfg.lr * 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        for images, targets in loader:
-            images, targets = images.to(device), targets.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(images).float(), targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if _train_hook is not None:
-            _train_hook(model)
-    check_backbone_unchanged(model, before)
-    scores, targets = [], []
-    with torch.inference_mode():
-        for images, t in DataLoader(test_dataset, batch_size=cfg.batch_size, num_workers=workers):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                scores.append(model(images.to(device)).float().cpu())
-            targets.append(t)
-    metrics = classification_metrics(torch.cat(scores), torch.cat(targets), n_classes)
-    return metrics, {"backbone_unchanged": True}
+LinearConfig = MocoLinearConfig | SgdGridConfig | LbfgsConfig
+CONFIGS: dict[str, type] = {c.protocol: c for c in (MocoLinearConfig, SgdGridConfig, LbfgsConfig)}
 
 
 def config_dict(config: Any) -> dict[str, Any]:
+    """The protocol's hyper-parameters as JSON values (the seed is recorded on its own)."""
     d = asdict(config)
+    d.pop("seed", None)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# The reference protocol lives in its own module; its names are importable from here as well.
+from .linear_moco import (  # noqa: E402
+    BackboneChanged,
+    backbone_snapshot,
+    check_backbone_unchanged,
+    linear_moco,
+    moco_train_transform,
+)
+
+__all__ = [
+    "CONFIGS",
+    "PROTOCOLS",
+    "BackboneChanged",
+    "LbfgsConfig",
+    "LinearConfig",
+    "MocoLinearConfig",
+    "SgdGridConfig",
+    "auto_blas_threads",
+    "backbone_snapshot",
+    "check_backbone_unchanged",
+    "held_out_split",
+    "linear_lbfgs",
+    "linear_moco",
+    "linear_sgd_grid",
+    "moco_train_transform",
+    "torch_seeded",
+    "train_linear_heads",
+]

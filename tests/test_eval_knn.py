@@ -72,11 +72,41 @@ def test_metrics_few_classes_and_mean_per_class():
 def test_openblas_core_type_only_set_with_avx2(monkeypatch):
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     monkeypatch.setattr(knn, "_cpu_has", lambda flag: False)
-    knn.prepare_openblas()
-    assert "OPENBLAS_CORETYPE" not in __import__("os").environ
+    assert knn._openblas_core_type() is None
     monkeypatch.setattr(knn, "_cpu_has", lambda flag: flag == "avx2")
-    knn.prepare_openblas()
-    assert __import__("os").environ["OPENBLAS_CORETYPE"] == "Haswell"
+    assert knn._openblas_core_type() == "Haswell"
     monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")  # a user's choice is kept
-    knn.prepare_openblas()
-    assert __import__("os").environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+    assert knn._openblas_core_type() is None
+
+
+def test_faiss_import_leaves_the_environment_as_it_was(monkeypatch):
+    # The core type is set only while FAISS loads (it reads it once), then removed again.
+    import os
+    import sys
+
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.setattr(knn, "_cpu_has", lambda flag: flag == "avx2")
+    seen = {}
+
+    class _Finder:
+        def find_spec(self, name, path=None, target=None):
+            if name == "faiss":
+                seen["during_import"] = os.environ.get("OPENBLAS_CORETYPE")
+            return None
+
+    monkeypatch.delitem(sys.modules, "faiss", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_Finder(), *sys.meta_path])
+    before = dict(os.environ)
+    knn.import_faiss()
+    assert seen["during_import"] == "Haswell"
+    assert dict(os.environ) == before
+
+
+def test_missing_faiss_falls_back_to_torch_with_a_notice(monkeypatch, caplog):
+    monkeypatch.setattr(knn, "faiss_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert knn.resolve_backend("faiss") == "torch"
+    assert "FAISS is not installed" in caplog.text
+    assert knn.resolve_backend("torch") == "torch"
+    with pytest.raises(MochiError, match="unknown kNN backend 'annoy'"):
+        knn.resolve_backend("annoy")

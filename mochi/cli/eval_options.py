@@ -88,7 +88,7 @@ def split_backbone(options: dict) -> dict:
         "random_init": options.pop("random_init"),
         "arch": options.pop("arch"),
         "small_stem": options.pop("small_stem"),
-        "seed": options.pop("init_seed"),
+        "init_seed": options.pop("init_seed"),
         "encoder": options.pop("encoder"),
         "prefix": options.pop("prefix"),
         "trust_checkpoint": options.pop("trust_checkpoint"),

@@ -29,20 +29,21 @@ def knn_cmd(ks: str, temperatures: str, backend: str, **options) -> None:
       mochi knn --random-init -a resnet18 --data fashion-mnist-embedded --image-size 32
       mochi knn ckpt.pth.tar --data /data/imagenet --test-split val -k 20,200 -t 0.07,0.1
     """
-    from mochi.eval.backbones import load_eval_backbone
+    from mochi.eval.backbones import BackboneSpec
     from mochi.eval.evaluate import evaluate_knn
-    from mochi.eval.knn import setting_name
-    from mochi.eval.records import write_record
+    from mochi.eval.knn import KnnConfig, setting_name
+    from mochi.eval.records import write_records
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     k_list = parse_list(ks, int, "--k")
     t_list = parse_list(temperatures, float, "--temperature")
     results = options.pop("results")
-    backbone = load_eval_backbone(**split_backbone(options))
-    record = evaluate_knn(backbone, split_data(options), ks=k_list, temperatures=t_list, backend=backend)
-    if record is None:  # a non-zero rank under torchrun
+    config = KnnConfig(ks=tuple(k_list), temperatures=tuple(t_list), backend=backend)
+    records = evaluate_knn(BackboneSpec(**split_backbone(options)), split_data(options), config)
+    if not records:  # a non-zero rank under torchrun
         return
-    path = write_record(results, record)
+    record = records[0]
+    (path,) = write_records(results, records)
     settings = record["metrics"]["settings"]
     for k in sorted(set(k_list)):
         for t in t_list:

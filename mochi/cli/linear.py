@@ -57,9 +57,9 @@ def linear_cmd(protocol: str, seed: int, **options) -> None:
       mochi linear ckpt.pth.tar --protocol sgd-grid --data /data/imagenet --test-split val
       mochi linear ckpt.pth.tar --protocol moco --data /data/imagenet --test-split val -j 16
     """
-    from mochi.eval.backbones import load_eval_backbone
+    from mochi.eval.backbones import BackboneSpec
     from mochi.eval.evaluate import evaluate_linear
-    from mochi.eval.records import write_record
+    from mochi.eval.records import write_records
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     epochs, batch = options.pop("epochs"), options.pop("linear_batch_size")
@@ -71,25 +71,30 @@ def linear_cmd(protocol: str, seed: int, **options) -> None:
     blas_threads = options.pop("blas_threads")
     if protocol == "moco":
         config = MocoLinearConfig(
-            epochs=epochs or _M.epochs, lr=lr, weight_decay=wd, batch_size=batch, lr_steps=tuple(lr_steps)
+            epochs=epochs or _M.epochs,
+            lr=lr,
+            weight_decay=wd,
+            batch_size=batch,
+            lr_steps=tuple(lr_steps),
+            seed=seed,
         )
     elif protocol == "sgd-grid":
         config = SgdGridConfig(
             lrs=tuple(lrs), weight_decays=tuple(wds), epochs=epochs or _S.epochs, batch_size=batch,
-            val_fraction=val_fraction,
+            val_fraction=val_fraction, seed=seed,
         )  # fmt: skip
     else:
         cs = tuple(parse_list(c_values, float, "--c-values")) if c_values else _L.c_values
         config = LbfgsConfig(
             c_values=cs, max_iter=max_iter, val_fraction=val_fraction, patience=patience,
-            blas_threads=blas_threads,
+            blas_threads=blas_threads, seed=seed,
         )  # fmt: skip
     results = options.pop("results")
-    backbone = load_eval_backbone(**split_backbone(options))
-    record = evaluate_linear(backbone, split_data(options), protocol=protocol, config=config, seed=seed)
-    if record is None:
+    records = evaluate_linear(BackboneSpec(**split_backbone(options)), split_data(options), config)
+    if not records:  # a non-zero rank under torchrun
         return
-    path = write_record(results, record)
+    record = records[0]
+    (path,) = write_records(results, records)
     m = record["metrics"]
     top5 = "n/a" if m["top5"] is None else f"{m['top5']:.2f}"
     click.echo(
