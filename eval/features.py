@@ -7,17 +7,21 @@ fit in RAM; under ``torchrun`` every rank fills its own rows of the same file.
 The cache is keyed by everything that changes a feature: the checkpoint's content hash (or random-init
 seed), encoder, arch and stem, the dataset identity and split, the transform and the storage dtype. A
 cache entry is a folder ``<root>/<key>/`` holding ``features.npy``, ``labels.npy`` and ``meta.json``
-(written last, atomically, with the SHA-256 of both arrays). An entry whose meta, shapes or checksums
-do not match is reported and rebuilt, never used.
+(written last, with the SHA-256 of both arrays); an entry is built in a folder of its own and renamed into
+place whole under a per-key lock, so concurrent runs never share files. An entry whose meta, shapes or
+checksums do not match is reported and rebuilt, never used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,23 +154,38 @@ class FeatureCache:
     def folder(self, spec: dict[str, Any]) -> Path:
         return self.root / cache_key(spec)
 
+    def lock(self, spec: dict[str, Any]) -> contextlib.AbstractContextManager:
+        """An exclusive lock on one key, across processes (publishing or removing an entry holds it)."""
+        return _file_lock(self.root / f"{cache_key(spec)}.lock")
+
     def load(self, spec: dict[str, Any]) -> Features | None:
-        """The cached features for ``spec``, or None on a miss; a damaged or stale entry is removed."""
+        """The cached features for ``spec``, or None on a miss; a damaged or stale entry is removed.
+
+        Every hit is verified (shapes, settings, checksums) before use; entries only ever appear whole (an
+        atomic rename of a finished folder), so a concurrent writer can never hand out half-written rows.
+        """
         folder = self.folder(spec)
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
+        if not (folder / "meta.json").is_file():
             return None
         problem = self._check(folder, spec)
         if problem is not None:
             logger.warning("feature cache %s is unusable (%s): rebuilding it", folder, problem)
             if dist_utils.is_main():
-                shutil.rmtree(folder, ignore_errors=True)
+                with self.lock(spec):
+                    # Another process may have replaced it with a good entry meanwhile: check again.
+                    if self._check(folder, spec) is not None:
+                        _remove_entry(folder)
             dist_utils.barrier()
-            return None
-        meta = json.loads(meta_path.read_text())
+            if self._check(folder, spec) is not None:
+                return None
+        return self._open(folder, from_cache=True)
+
+    @staticmethod
+    def _open(folder: Path, from_cache: bool) -> Features:
+        meta = json.loads((folder / "meta.json").read_text())
         feats = np.load(folder / "features.npy", mmap_mode="r")
         labels = np.load(folder / "labels.npy")
-        return Features(feats, labels, meta=meta, from_cache=True, path=folder)
+        return Features(feats, labels, meta=meta, from_cache=from_cache, path=folder)
 
     @staticmethod
     def _check(folder: Path, spec: dict[str, Any]) -> str | None:
@@ -185,15 +204,21 @@ class FeatureCache:
         return None
 
     def build(self, spec: dict[str, Any], n: int, dim: int, dtype: str, fill) -> Features:
-        """Create the entry: ``fill(features_out, labels_out)`` writes into memory maps; all ranks call it."""
+        """Create the entry: ``fill(features_out, labels_out)`` writes into memory maps; all ranks call it.
+
+        The rows are written into a folder of this run's own (``<key>.partial-<pid>-<random>``), checksummed,
+        then renamed into place under the key's lock. If another process published a valid entry first,
+        ours is discarded and theirs used: concurrent runs never write into the same files.
+        """
         folder = self.folder(spec)
-        tmp = folder.with_name(folder.name + ".partial")
+        tmp = None
         if dist_utils.is_main():
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            tmp.mkdir()
             np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=(n, dim)).flush()
             np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int64, shape=(n,)).flush()
+        tmp = Path(dist_utils.broadcast_object(str(tmp) if tmp is not None else None))
         dist_utils.barrier()
         try:
             feats = np.lib.format.open_memmap(tmp / "features.npy", mode="r+")
@@ -207,20 +232,48 @@ class FeatureCache:
                 sums = {name: sha256_file(tmp / f"{name}.npy") for name in ("features", "labels")}
                 meta = {"version": CACHE_VERSION, "spec": spec, "shape": [n, dim], "dtype": dtype}
                 atomic_write_json(tmp / "meta.json", {**meta, "sha256": sums})
-                os.replace(tmp, folder)
+                self._publish(tmp, folder, spec)
         except BaseException:
             if dist_utils.is_main():
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         dist_utils.barrier()
-        meta = json.loads((folder / "meta.json").read_text())
-        return Features(
-            np.load(folder / "features.npy", mmap_mode="r"),
-            np.load(folder / "labels.npy"),
-            meta=meta,
-            from_cache=False,
-            path=folder,
-        )
+        return self._open(folder, from_cache=False)
+
+    def _publish(self, tmp: Path, folder: Path, spec: dict[str, Any]) -> None:
+        with self.lock(spec):
+            if folder.exists():
+                if self._check(folder, spec) is None:
+                    logger.info("feature cache %s was built by another process meanwhile: using it", folder)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return
+                _remove_entry(folder)
+            os.replace(tmp, folder)
+
+
+def _remove_entry(folder: Path) -> None:
+    # Renamed aside first (atomic), so no reader ever sees a half-deleted entry.
+    trash = folder.with_name(f"{folder.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """``flock`` on ``path`` (created if needed); a no-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic renames still keep entries whole
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def get_features(

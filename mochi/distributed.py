@@ -7,6 +7,7 @@ it sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and initi
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,15 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_dist() and world_size() > 1:
         dist.broadcast(x, src=src)
     return x
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` as rank ``src`` has it, on every rank (a picklable value; no-op in one process)."""
+    if not is_dist() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -75,10 +75,24 @@ def amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+_RUN_FILES = ("config.json", "metrics.jsonl")
+
+
 def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
-    """Decide where to write and what to resume from, refusing to clobber an existing run."""
+    """Decide where to write and what to resume from, refusing to clobber or mix runs.
+
+    A run directory belongs to one run: it is written only when it is empty (new run), when it holds the
+    run being resumed (``--resume auto``, or ``--resume PATH`` with PATH inside it), never otherwise.
+    """
     run_dir = Path(cfg.output)
     existing = list_checkpoints(run_dir)
+    leftovers = [name for name in _RUN_FILES if (run_dir / name).exists()]
+    if not existing and leftovers and (cfg.resume is None or cfg.resume == "auto"):
+        raise MochiError(
+            f"{run_dir} holds {' and '.join(leftovers)} of an earlier run but no checkpoint: nothing to "
+            "resume, and starting over would overwrite them. Choose another --output, or delete that "
+            "folder to start again"
+        )
     if cfg.resume is None:
         if existing:
             raise MochiError(
@@ -88,7 +102,15 @@ def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
         return run_dir, None
     if cfg.resume == "auto":
         return run_dir, (existing[-1] if existing else None)
-    return run_dir, Path(cfg.resume)
+    resume = Path(cfg.resume)
+    other = existing or leftovers
+    if other and resume.resolve().parent != run_dir.resolve():
+        raise MochiError(
+            f"--resume {resume} belongs to the run in {resume.parent}, but --output {run_dir} holds another "
+            f"run ({(existing[-1].name if existing else leftovers[0])}): resuming would mix the two. Pass "
+            f"--output {resume.parent} to continue that run, or an empty --output to branch off it"
+        )
+    return run_dir, resume
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
@@ -101,6 +123,26 @@ def _check_resume_config(saved: dict[str, Any], cfg: PretrainConfig, path: Path)
         )
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A torn last line (the process was killed mid-write) is dropped
+    with a warning; a damaged line before the last is an error naming the file and line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s: dropping a torn last line (the run was stopped mid-write)", path)
+                continue
+            raise MochiError(
+                f"{path} line {number} is not JSON: the metrics file is damaged. Repair or remove that line"
+            ) from None
+    return records
+
+
 class _Logger:
     """metrics.jsonl (one JSON object per line) plus TensorBoard scalars when tensorboard is installed."""
 
@@ -111,12 +153,8 @@ class _Logger:
         if not enabled:
             return
         if self.path.exists():  # resuming: drop records of epochs that will be replayed
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) < start_epoch
-            ]
-            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+            keep = [r for r in read_metrics(self.path) if r.get("epoch", 0) < start_epoch]
+            atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 

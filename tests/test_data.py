@@ -391,3 +391,27 @@ def test_limit_is_a_fixed_random_subset_across_classes(tmp_path):
     assert a.identity()["limit"] == 8 and a.identity()["of"] == 40
     with pytest.raises(MochiError, match="must be >= 1"):
         LimitedDataset(ds, 0)
+
+
+def test_16_bit_greyscale_images_are_scaled_not_clipped(tmp_path):
+    # Pillow's RGB conversion clips 16-bit values at 255 (99.6% white here); the folder source scales them.
+    values = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(values).save(tmp_path / "a" / "x.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b" / "y.png")
+    ds = load_dataset(str(tmp_path))
+    img, target = ds[0]
+    got = np.asarray(img)
+    assert img.mode == "RGB" and target == 0
+    np.testing.assert_array_equal(got[..., 0], np.rint(values * 255.0 / 65535.0).astype(np.uint8))
+    assert (got == 255).mean() < 0.01
+
+
+def test_images_wider_than_16_bit_are_refused_by_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.full((8, 8), 1 << 20, np.int32), "I").save(tmp_path / "a" / "wide.tif")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b" / "y.png")
+    with pytest.raises(MochiError, match=r"wide\.tif.*only 8- and 16-bit images"):
+        load_dataset(str(tmp_path))[0]

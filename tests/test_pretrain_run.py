@@ -196,3 +196,55 @@ def test_torchrun_two_processes_cli(tmp_path):
     assert config["world_size"] == 2 and config["bn_splits"] == 1
     ckpt = torch.load(out / "checkpoint_0000.pth.tar", weights_only=True)
     assert int(ckpt["state_dict"]["module.queue_ptr"]) == 0  # 4 steps x 32 keys = 2 x K
+
+
+def _snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in Path(run_dir).iterdir() if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_never_mixes_two_runs_in_one_folder(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert run_cli([*TINY, "--epochs", "2", "--stop-after", "1", "-o", str(out)]).exit_code == 0
+    before = _snapshot(b)
+    res = run_cli([*TINY, "--epochs", "2", "--resume", str(a / "checkpoint_0000.pth.tar"), "-o", str(b)])
+    assert res.exit_code == 1 and "resuming would mix the two" in res.output and f"--output {a}" in res.output
+    assert _snapshot(b) == before  # nothing replaced, nothing truncated
+    # into an empty folder (a branch of run a) and into run a itself: both fine
+    res = run_cli(
+        [*TINY, "--epochs", "2", "--resume", str(a / "checkpoint_0000.pth.tar"), "-o", str(tmp_path / "c")]
+    )
+    assert res.exit_code == 0, res.output
+    res = run_cli([*TINY, "--epochs", "2", "--resume", str(a / "checkpoint_0000.pth.tar"), "-o", str(a)])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in list_checkpoints(a)] == ["checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar"]
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume", "auto"]])
+def test_a_folder_with_run_files_but_no_checkpoint_is_not_wiped(tmp_path, resume):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"seed": 7}\n')
+    (out / "metrics.jsonl").write_text('{"type": "step", "epoch": 0}\n')
+    before = _snapshot(out)
+    res = run_cli([*TINY, "--epochs", "1", *resume, "-o", str(out)])
+    assert res.exit_code == 1 and "config.json and metrics.jsonl of an earlier run" in res.output
+    assert _snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TINY, "--epochs", "2", "--stop-after", "1", "-o", str(out)]).exit_code == 0
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"type": "step", "epo')  # killed mid-write
+    res = run_cli([*TINY, "--epochs", "2", "--resume", "auto", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert [r["epoch"] for r in epochs(out)] == [0, 1]
+    # a damaged line that is not the last one is an error naming the line, not a traceback
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(["{broken", *lines]) + "\n")
+    (out / "checkpoint_0001.pth.tar").unlink()
+    res = run_cli([*TINY, "--epochs", "2", "--resume", "auto", "-o", str(out)])
+    assert res.exit_code == 1 and "metrics.jsonl line 1 is not JSON" in res.output

@@ -27,11 +27,32 @@ SUBSETS: tuple[str, ...] = ("imagenet100",)
 _SPLIT_FOLDERS = ("train", "val", "test")
 
 
+# Pillow's integer modes: 16-bit greyscale (PNG, TIFF) and 32-bit integer.
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open and fully decode an image file as RGB (a truncated file fails here, not later in a transform)."""
+    """Open and fully decode an image file as RGB (a truncated file fails here, not later in a transform).
+
+    16-bit greyscale images are scaled to 8 bits (``v * 255 / 65535``): Pillow's own RGB conversion clips
+    them instead, which turns almost every pixel white. Integer images beyond 16 bits are refused.
+    """
     with open(path, "rb") as fh:
         img = Image.open(fh)
+        if img.mode in _WIDE_INT_MODES:
+            return _wide_to_rgb(img, path)
         return img.convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image, path: str) -> Image.Image:
+    values = np.asarray(img).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(
+            f"{img.mode} image with values {values.min()}..{values.max()}: only 8- and 16-bit images are "
+            "supported; convert it to 8-bit"
+        )
+    grey = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 class ImageFolderSource(SourceDataset, DatasetFolder):
