@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mochi import distributed as dist_utils
 from mochi.errors import MochiError
 from mochi.transforms import eval_transform
@@ -56,14 +58,30 @@ def _split(cfg: EvalData, split: str, limit: int | None, transform):
     )
 
 
-def _features(backbone: EvalBackbone, cfg: EvalData) -> tuple[Features, Features, dict, dict]:
+def _open_splits(cfg: EvalData, transform) -> tuple[Any, Any]:
+    """Both splits, opened (and so checked: files, classes, limits) before any feature is extracted."""
+    train = _split(cfg, cfg.train_split, cfg.limit_train, transform)
+    test = _split(cfg, cfg.test_split, cfg.limit_test, transform)
+    if len(train.classes) != len(test.classes):
+        raise MochiError(
+            f"the {cfg.train_split!r} split has {len(train.classes)} classes but {cfg.test_split!r} has "
+            f"{len(test.classes)}: both splits must share one class list (check the folders or --subset)"
+        )
+    return train, test
+
+
+def _features(backbone: EvalBackbone, cfg: EvalData, check=None) -> tuple[Features, Features, dict, dict]:
+    """Features of both splits. ``check(train_dataset)`` runs once both splits are open, before any
+    feature is extracted: a protocol's checks against the data (e.g. k against the training-set size)."""
     device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
     transform, spec = eval_transform(cfg.image_size, cfg.crop_fraction)
     cache = None if cfg.no_cache else FeatureCache(cfg.cache_dir)
+    splits = _open_splits(cfg, transform)
+    if check is not None:
+        check(splits[0])
     out = []
-    for split, limit in ((cfg.train_split, cfg.limit_train), (cfg.test_split, cfg.limit_test)):
-        ds = _split(cfg, split, limit, transform)
+    for ds in splits:
         feats = get_features(
             backbone, ds, transform_spec=spec, cache=cache, dtype=cfg.dtype, batch_size=cfg.batch_size,
             workers=cfg.workers, device=device, amp=cfg.amp, progress=cfg.progress,
@@ -95,10 +113,17 @@ def evaluate_knn(
     backend = knn_lib.resolve_backend(config.backend)
     backbone = _backbone(backbone)
     start = time.perf_counter()
-    train, test, data, info = _features(backbone, cfg)
+
+    def check(train_ds) -> None:
+        nonlocal ks
+        ks = knn_lib.usable_ks(ks, len(train_ds), default=tuple(config.ks) == knn_lib.DEFAULT_KS)
+        knn_lib.check_settings(
+            ks, temperatures, len(train_ds), len(set(np.asarray(train_ds.targets).tolist()))
+        )
+
+    train, test, data, info = _features(backbone, cfg, check)
     if not dist_utils.is_main():
         return []
-    knn_lib.check_settings(ks, temperatures, len(train), len(set(train.labels.tolist())))
     search_start = time.perf_counter()
     metrics = knn_lib.knn_classify(
         train.features, train.labels, test.features, test.labels, ks=ks, temperatures=temperatures,

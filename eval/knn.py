@@ -207,6 +207,20 @@ def search(
 # The protocol
 
 
+def usable_ks(ks: Sequence[int], n_train: int, *, default: bool) -> tuple[int, ...]:
+    """``ks`` as given; the default list is trimmed to the k a training set of ``n_train`` allows (with a
+    notice), while a list the user chose is kept as is (:func:`check_settings` then names the problem)."""
+    ks = tuple(ks)
+    if default and max(ks) > n_train:
+        kept = tuple(k for k in ks if k <= n_train) or (n_train,)
+        logger.warning(
+            "the training split holds %d images: using k = %s of the default %s",
+            n_train, ",".join(map(str, kept)), ",".join(map(str, ks)),
+        )  # fmt: skip
+        return kept
+    return ks
+
+
 def check_settings(ks: Sequence[int], temperatures: Sequence[float], n_train: int, n_classes: int) -> None:
     if not ks or not temperatures:
         raise MochiError("give at least one k and one temperature")

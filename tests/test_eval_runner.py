@@ -110,3 +110,35 @@ def test_write_records_writes_nothing_when_one_record_is_bad(data, tmp_path):
     with pytest.raises(MochiError, match="lacks metrics"):
         write_records(tmp_path / "r", [good[0], bad])
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_missing_test_split_fails_before_any_feature_is_extracted(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "train" / c / "x.png")
+    data = EvalData(
+        data=str(tmp_path / "imgs"), test_split="val", image_size=8, cache_dir=str(tmp_path / "c")
+    )
+    with pytest.raises(MochiError, match="no 'val' split"):
+        evaluate_knn(BackboneSpec(random_init=True, arch="resnet18"), data, KnnConfig(ks=(1,)))
+    assert not (tmp_path / "c").exists()  # nothing extracted, nothing cached
+
+
+def test_k_is_checked_against_the_training_set_before_extraction(tmp_path, caplog):
+    data = EvalData(
+        data="fashion-mnist-embedded",
+        image_size=32,
+        limit_train=50,
+        limit_test=20,
+        cache_dir=str(tmp_path / "c"),
+    )
+    spec = BackboneSpec(random_init=True, arch="resnet18", small_stem=True)
+    with pytest.raises(MochiError, match="k=100 exceeds the 50 training images"):
+        evaluate_knn(spec, data, KnnConfig(ks=(10, 100)))
+    assert not (tmp_path / "c").exists()
+    with caplog.at_level("WARNING"):
+        (record,) = evaluate_knn(spec, data, KnnConfig())  # the default list, trimmed with a notice
+    assert record["hyperparameters"]["k"] == [10, 20]
+    assert "using k = 10,20 of the default 10,20,100,200" in caplog.text
