@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mochi import distributed as dist_utils
 from mochi.errors import MochiError
-from mochi.io import atomic_write_json, sha256_file
+from mochi.io import atomic_write_json, sha256_file, write_problem
 
 from .backbones import EvalBackbone
 
@@ -211,16 +211,16 @@ class FeatureCache:
         ours is discarded and theirs used: concurrent runs never write into the same files.
         """
         folder = self.folder(spec)
-        tmp = None
-        if dist_utils.is_main():
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            tmp.mkdir()
-            np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=(n, dim)).flush()
-            np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int64, shape=(n,)).flush()
-        tmp = Path(dist_utils.broadcast_object(str(tmp) if tmp is not None else None))
-        dist_utils.barrier()
+        tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = Path(dist_utils.broadcast_object(str(tmp)))  # rank 0's name: all ranks fill one folder
         try:
+            if dist_utils.is_main():
+                tmp.mkdir(parents=True)
+                np.lib.format.open_memmap(
+                    tmp / "features.npy", mode="w+", dtype=dtype, shape=(n, dim)
+                ).flush()
+                np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int64, shape=(n,)).flush()
+            dist_utils.barrier()
             feats = np.lib.format.open_memmap(tmp / "features.npy", mode="r+")
             labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="r+")
             fill(feats, labels)
@@ -233,9 +233,12 @@ class FeatureCache:
                 meta = {"version": CACHE_VERSION, "spec": spec, "shape": [n, dim], "dtype": dtype}
                 atomic_write_json(tmp / "meta.json", {**meta, "sha256": sums})
                 self._publish(tmp, folder, spec)
-        except BaseException:
+        except BaseException as err:
             if dist_utils.is_main():
                 shutil.rmtree(tmp, ignore_errors=True)
+            problem = write_problem(folder, err)
+            if problem is not None:
+                raise MochiError(f"feature cache: {problem} (or pass --cache-dir / --no-cache)") from err
             raise
         dist_utils.barrier()
         return self._open(folder, from_cache=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from mochi.errors import MochiError
 
 
 def current_umask() -> int:
@@ -35,8 +38,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     permissions of any newly created file (``0666`` less the umask).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        problem = write_problem(path, err)
+        if problem is not None:
+            raise MochiError(problem) from err
+        raise
     try:
         # mkstemp creates the file 0600; a result must get the mode any new file gets (0666 less the umask),
         # so colleagues on a shared cluster can read checkpoints, records and exports.
@@ -46,10 +55,30 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        problem = write_problem(path, err)
+        if problem is not None:
+            raise MochiError(problem) from err
         raise
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_problem(path: Path, err: BaseException) -> str | None:
+    """A user-facing message for a write that failed for lack of space or permission, else None."""
+    kept = "; the previous file (if any) is unchanged" if path.exists() else "; nothing was written"
+    if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        return f"cannot write {path}: no space left on its disk{kept}. Free some space or write elsewhere"
+    if isinstance(err, OSError) and err.errno in _NOT_WRITABLE:
+        return f"cannot write {path}: {err.strerror} (read-only or not yours){kept}. Choose a writable folder"
+    if isinstance(err, RuntimeError) and "unexpected pos" in str(err):
+        # torch's zip writer reports a short write (a full disk) this way
+        return f"cannot write {path}: the write was cut short, most likely a full disk{kept}. Free some space"
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -113,6 +113,15 @@ def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
     return run_dir, resume
 
 
+def _remove_orphan_temporaries(run_dir: Path) -> None:
+    """Half-written files of a process killed while saving (``.<name>.<random>.tmp``): never complete,
+    never read, removed when the run starts again."""
+    for pattern in (".checkpoint_*.pth.tar.*.tmp", ".config.json.*.tmp", ".metrics.jsonl.*.tmp"):
+        for orphan in run_dir.glob(pattern):
+            log.info("removing %s, left by an interrupted save", orphan.name)
+            orphan.unlink(missing_ok=True)
+
+
 def _check_resume_config(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
     diff = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != cfg.to_dict()[k]]
     if diff:
@@ -146,7 +155,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 class _Logger:
     """metrics.jsonl (one JSON object per line) plus TensorBoard scalars when tensorboard is installed."""
 
-    def __init__(self, run_dir: Path, start_epoch: int, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, start_epoch: int, enabled: bool, first_step: int = 0) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
@@ -158,7 +167,9 @@ class _Logger:
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None)
+            # On resume, points from the replayed steps onwards are purged, so no curve holds them twice.
+            purge = first_step + 1 if start_epoch > 0 else None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict[str, Any], step: int) -> None:
         if not self.enabled:
@@ -191,6 +202,8 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     validate(cfg, world)
     dtype = amp_dtype(cfg, device)
     run_dir, resume_from = _prepare_run_dir(cfg)
+    if dist_utils.is_main():
+        _remove_orphan_temporaries(run_dir)
     main = dist_utils.is_main()
 
     # Data first: a missing or empty dataset is reported before any model is built.
@@ -289,7 +302,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
                 "steps_per_epoch": steps_per_epoch,
             },
         )
-    logger = _Logger(run_dir, start_epoch, enabled=main)
+    logger = _Logger(run_dir, start_epoch, enabled=main, first_step=start_epoch * steps_per_epoch)
 
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     last_ckpt: Path | None = resume_from

@@ -77,3 +77,23 @@ def test_key_encoder_is_another_cache_entry(tmp_path, tiny):
     fk = _get(load_eval_backbone(tmp_path / "moco.pth.tar", encoder="key"), tiny, cache)
     assert not fk.from_cache and fq.path != fk.path
     assert load_eval_backbone(tmp_path / "moco.pth.tar").evaluated["encoder"] == "query"
+
+
+def test_a_full_disk_while_caching_leaves_no_entry_and_says_why(tmp_path, monkeypatch):
+    import errno
+
+    from mochi.errors import MochiError
+
+    tiny = open_split("fashion-mnist-embedded", "test", transform=eval_transform(32)[0], limit=20)
+    cache = FeatureCache(tmp_path / "cache")
+    real = np.lib.format.open_memmap
+
+    def full(path, *args, **kwargs):
+        if kwargs.get("mode") == "w+" and str(path).endswith("labels.npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    with pytest.raises(MochiError, match="feature cache: cannot write .*no space left.*--no-cache"):
+        _get(load_eval_backbone(random_init=True, arch="resnet18"), tiny, cache)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == []

@@ -36,3 +36,55 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
         os.umask(old)
     mode = (tmp_path / "r.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~umask == plain.stat().st_mode & 0o777
+
+
+def _failing(exc):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (OSError(28, "No space left on device"), "no space left on its disk"),
+        (OSError(30, "Read-only file system"), "read-only or not yours"),
+    ],
+)
+def test_a_failed_write_keeps_the_previous_file_and_says_why(tmp_path, monkeypatch, exc, message):
+    import os
+
+    from mochi.errors import MochiError
+
+    target = tmp_path / "record.json"
+    atomic_write_json(target, {"good": 1})
+    monkeypatch.setattr(os, "fsync", _failing(exc))
+    with pytest.raises(MochiError, match=f"cannot write {target}: .*{message}.*previous file .* unchanged"):
+        atomic_write_json(target, {"new": 2})
+    assert target.read_text() == '{\n  "good": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+def test_torch_save_cut_short_by_a_full_disk_is_named(tmp_path, monkeypatch):
+    import torch
+
+    from mochi.errors import MochiError
+    from mochi.io import atomic_torch_save
+
+    monkeypatch.setattr(
+        torch, "save", _failing(RuntimeError("[enforce fail at inline_container.cc] unexpected pos 64"))
+    )
+    with pytest.raises(MochiError, match="most likely a full disk.*nothing was written"):
+        atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "ckpt.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
+    import tempfile
+
+    from mochi.errors import MochiError
+
+    monkeypatch.setattr(tempfile, "mkstemp", _failing(PermissionError(13, "Permission denied")))
+    with pytest.raises(MochiError, match="cannot write .*x.json: Permission denied .*writable folder"):
+        atomic_write_json(tmp_path / "x.json", {})

@@ -80,14 +80,30 @@ def test_no_mixing_before_warmup_then_mixing(tmp_path):
     assert all(s["mixing"] == (s["epoch"] >= 1) for s in steps)
 
 
+def _tensorboard_steps(run_dir) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def test_resume_is_bit_identical(tmp_path):
     args = [*TINY, "--epochs", "3", "--mochi-n", "16", "--mochi-s", "16", "--mochi-s-prime", "4",
             "--mochi-warmup", "1"]  # fmt: skip
     assert run_cli([*args, "-o", str(tmp_path / "a")]).exit_code == 0
     res = run_cli([*args, "--stop-after", "1", "-o", str(tmp_path / "b")])
     assert res.exit_code == 0 and len(list_checkpoints(tmp_path / "b")) == 1
+    orphan = tmp_path / "b" / ".checkpoint_0001.pth.tar.x1y2z3.tmp"  # a save killed half-way
+    orphan.write_bytes(b"half")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "b" / "tensorboard")) as tb:  # points of a run killed mid-epoch 1
+        tb.add_scalar("step/loss", 123.0, 6)
+        tb.add_scalar("step/loss", 123.0, 8)
     res = run_cli([*args, "--resume", "auto", "-o", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
+    assert not orphan.exists()
     a = torch.load(tmp_path / "a" / "checkpoint_0002.pth.tar", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint_0002.pth.tar", weights_only=True)
     assert a["state_dict"].keys() == b["state_dict"].keys()
@@ -95,8 +111,10 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(v, b["state_dict"][k]), k
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    # the metrics log of the resumed run holds each epoch once
+    # the metrics log and the TensorBoard curves of the resumed run hold each point once
     assert [r["epoch"] for r in epochs(tmp_path / "b")] == [0, 1, 2]
+    steps_b = _tensorboard_steps(tmp_path / "b")
+    assert steps_b == _tensorboard_steps(tmp_path / "a") and 6 in steps_b["step/loss"]
     assert [r["loss"] for r in epochs(tmp_path / "b")] == [r["loss"] for r in epochs(tmp_path / "a")]
 
 
