@@ -5,6 +5,18 @@ Every problem a user can fix (missing data, bad option, wrong checkpoint) is rai
 one-line ``Error: ...`` and a non-zero exit, never a traceback.
 """
 
+_WORKER_PREFIX = "Caught MochiError in DataLoader worker"
+_ORIGINAL = "MochiError: "
+
 
 class MochiError(Exception):
-    """A user-facing error: ``str(err)`` names the problem and how to fix it."""
+    """A user-facing error: ``str(err)`` names the problem and how to fix it.
+
+    Raised inside a DataLoader worker, torch re-raises it in the main process with the worker's whole
+    traceback as the message; the original one-line message is kept instead.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        if isinstance(message, str) and message.startswith(_WORKER_PREFIX) and _ORIGINAL in message:
+            message = message.rsplit(_ORIGINAL, 1)[1].strip()
+        super().__init__(message)

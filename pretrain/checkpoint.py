@@ -6,7 +6,9 @@ it; the key prefixes, the metadata block and its format version are defined once
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +77,36 @@ def save_checkpoint(ckpt: dict[str, Any], run_dir: str | Path, keep_last: int = 
     return path
 
 
+def _blocked_global(err: BaseException) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else "a global outside torch's allow-list"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no message"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load one of our checkpoints safely (``weights_only=True``), with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise MochiError(f"checkpoint not found: {path}; pass an existing file or --resume auto")
+    if path.stat().st_size == 0:
+        raise MochiError(
+            f"checkpoint {path} is empty (0 bytes): the save was interrupted; resume from an earlier one"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, wrong format, unsafe pickle...
+    except pickle.UnpicklingError as err:  # weights_only refused a global: the file holds objects, not data
         raise MochiError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}. "
+            f"refusing to load {path}: it references {_blocked_global(err)}, a Python object that could run "
+            "code when unpickled; mochi and MoCo pretraining checkpoints hold only tensors and plain values. "
+            "Check that this is the right file"
+        ) from None
+    except Exception as err:  # truncated zip, wrong format...
+        raise MochiError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {_first_line(err)}. "
             "The file is truncated, corrupt or not a mochi/MoCo checkpoint; resume from an earlier one"
         ) from None
     if not isinstance(ckpt, dict) or not set(layout.REQUIRED_KEYS) <= set(ckpt):

@@ -113,6 +113,33 @@ def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
     return run_dir, resume
 
 
+def _check_resume_arch(ckpt: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+    saved = ckpt.get("arch")
+    if isinstance(saved, str) and saved != cfg.arch:
+        raise MochiError(
+            f"cannot resume from {path}: it holds a {saved} but this run builds a {cfg.arch}; pass "
+            f"--arch {saved} (and the run's other options) to continue it"
+        )
+
+
+def _check_resume_state(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """One clear line instead of torch's list of every mismatched tensor."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} {len(keys)} (e.g. {keys[0]})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+            if keys
+        ]
+        raise MochiError(
+            f"cannot resume from {path}: its tensors do not fit this model ({'; '.join(parts)}). Resume with "
+            "the options of the run that wrote it (architecture, --small-stem, --moco-dim, --mlp, --moco-k)"
+        )
+
+
 def _remove_orphan_temporaries(run_dir: Path) -> None:
     """Half-written files of a process killed while saving (``.<name>.<random>.tmp``): never complete,
     never read, removed when the run starts again."""
@@ -205,6 +232,11 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     if dist_utils.is_main():
         _remove_orphan_temporaries(run_dir)
     main = dist_utils.is_main()
+    # The checkpoint to resume is read and checked before the data: a wrong file fails in seconds.
+    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+    if ckpt is not None:
+        _check_resume_config(ckpt.get("mochi", {}).get("config", {}), cfg, resume_from)
+        _check_resume_arch(ckpt, cfg, resume_from)
 
     # Data first: a missing or empty dataset is reported before any model is built.
     transform = TwoCrops(build_augmentation(cfg.aug, cfg.image_size))
@@ -266,11 +298,9 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     generator = torch.Generator(device=device)
 
     start_epoch = 0
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        saved_cfg = ckpt.get("mochi", {}).get("config", {})
-        _check_resume_config(saved_cfg, cfg, resume_from)
+    if ckpt is not None:
         state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
+        _check_resume_state(model, state, resume_from)
         model.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
         meta = ckpt.get("mochi", {})

@@ -415,3 +415,13 @@ def test_images_wider_than_16_bit_are_refused_by_name(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b" / "y.png")
     with pytest.raises(MochiError, match=r"wide\.tif.*only 8- and 16-bit images"):
         load_dataset(str(tmp_path))[0]
+
+
+def test_a_corrupt_image_read_by_a_loader_worker_gives_the_one_line_error(tmp_path):
+    bad = _corrupt_folder(tmp_path, ".png")
+    ds = load_dataset(str(tmp_path), transform=lambda img: np.asarray(img).sum())
+    with pytest.raises(MochiError) as err:
+        list(DataLoader(ds, batch_size=4, num_workers=1))
+    message = str(err.value)
+    assert message.startswith(f"cannot read image {bad.resolve()}") and "--skip-corrupt" in message
+    assert "Traceback" not in message and "\n" not in message

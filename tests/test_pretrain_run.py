@@ -266,3 +266,46 @@ def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
     (out / "checkpoint_0001.pth.tar").unlink()
     res = run_cli([*TINY, "--epochs", "2", "--resume", "auto", "-o", str(out)])
     assert res.exit_code == 1 and "metrics.jsonl line 1 is not JSON" in res.output
+
+
+def _resume_error(tmp_path, path, *extra):
+    # --data points nowhere: the checkpoint must be refused before the data is even looked at
+    args = [*TINY, "--data", str(tmp_path / "no-such-data"), "--epochs", "2", *extra]
+    res = run_cli([*args, "--resume", str(path), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+    return res.output
+
+
+def test_bad_resume_files_are_refused_clearly_before_the_data_load(tmp_path):
+    empty = tmp_path / "empty.pth.tar"
+    empty.write_bytes(b"")
+    assert "is empty (0 bytes)" in _resume_error(tmp_path, empty)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pth.tar"
+    torch.save({"epoch": 1, "state_dict": {}, "optimizer": {}, "x": Evil()}, evil)
+    out = _resume_error(tmp_path, evil)
+    assert "refusing to load" in out and "system" in out and "weights_only" not in out
+
+    other_arch = tmp_path / "r50.pth.tar"  # the official MoCo layout: no mochi block, only "arch"
+    torch.save({"epoch": 1, "arch": "resnet50", "state_dict": {}, "optimizer": {}}, other_arch)
+    assert "it holds a resnet50 but this run builds a resnet18; pass --arch resnet50" in _resume_error(
+        tmp_path, other_arch
+    )
+
+
+@pytest.mark.slow
+def test_resume_with_other_shapes_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TINY, "--epochs", "2", "--stop-after", "1", "-o", str(out)]).exit_code == 0
+    ckpt = torch.load(out / "checkpoint_0000.pth.tar", weights_only=True)
+    ckpt.pop("mochi")  # as the official code writes it: no saved options to compare
+    torch.save(ckpt, tmp_path / "ref.pth.tar")
+    res = run_cli([*TINY, "--epochs", "2", "--moco-dim", "32", "--resume", str(tmp_path / "ref.pth.tar"),
+                   "-o", str(tmp_path / "new")])  # fmt: skip
+    assert res.exit_code == 1 and "its tensors do not fit this model (other shapes" in res.output
+    assert len(res.output.strip().splitlines()) == 1
