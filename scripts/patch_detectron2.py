@@ -13,6 +13,11 @@ import and run:
 5. ``COCOEvaluator``: fall back to pycocotools' ``COCOeval`` when the compiled fast evaluator is absent.
 6. ``setup.py``: a minimal one that builds no extension, does not import torch, ships the model-zoo configs
    and declares the runtime dependencies.
+7. ``hooks.LRScheduler`` checkpoints the scheduler only if it is a ``_LRScheduler``; since torch 2.0 the
+   built-in schedulers (``StepLR``...) derive from ``LRScheduler`` instead, so their state was silently
+   not saved or restored: test against ``LRScheduler``.
+8. ``MapDataset``: ``random.sample`` on a set is a TypeError from Python 3.11 on; the fallback index after
+   a failed mapping is drawn from the sorted candidates instead.
 
 Every text fix asserts that the exact text it replaces is present (so a different upstream version fails
 loudly) and recognises its own result (so running twice is a no-op).
@@ -287,6 +292,39 @@ def write_minimal_setup(root: Path) -> str:
     return status
 
 
+def fix_lr_scheduler_state(root: Path) -> str:
+    """Fix 7: the LRScheduler hook checkpoints every torch scheduler, not only ``_LRScheduler`` subclasses."""
+    return (
+        replace_exact(
+            root,
+            "detectron2/engine/hooks.py",
+            "if isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler):",
+            "if isinstance(self.scheduler, _TORCH_LR_SCHEDULER):",
+            count=2,
+        )
+        + "; "
+        + replace_exact(
+            root,
+            "detectron2/engine/hooks.py",
+            "class LRScheduler(HookBase):",
+            "# torch >= 2.0: schedulers derive from LRScheduler (_LRScheduler is a deprecated subclass).\n"
+            "_TORCH_LR_SCHEDULER = getattr(\n"
+            '    torch.optim.lr_scheduler, "LRScheduler", torch.optim.lr_scheduler._LRScheduler\n'
+            ")\n\n\nclass LRScheduler(HookBase):",
+        )
+    )
+
+
+def fix_map_dataset_sample(root: Path) -> str:
+    """Fix 8: ``random.sample`` needs a sequence (Python >= 3.11 refuses a set)."""
+    return replace_exact(
+        root,
+        "detectron2/data/common.py",
+        "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]",
+        "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
+    )
+
+
 FIXES = (
     write_placeholder_c,
     fix_pillow_linear,
@@ -294,6 +332,8 @@ FIXES = (
     fix_numpy_aliases,
     fix_coco_fast_eval,
     write_minimal_setup,
+    fix_lr_scheduler_state,
+    fix_map_dataset_sample,
 )
 
 
