@@ -1,4 +1,4 @@
-"""kNN classification with the InstDisc weighted vote (protocols.md §4).
+"""kNN classification with the InstDisc weighted vote (docs/protocols.md#knn-classification).
 
 For each test feature, the top-k training features by cosine similarity ``s_i`` vote with weight
 ``exp(s_i / T)`` for their class; the prediction is the arg-max class score, top-5 the five best.

@@ -1,4 +1,4 @@
-"""Linear classification on a frozen backbone: three protocols (protocols.md §3).
+"""Linear classification on a frozen backbone: three protocols (docs/protocols.md#linear-classification).
 
 - ``moco``: the reference ``main_lincls.py`` protocol: augmented images through the frozen backbone (kept
   in ``eval()`` mode), only ``fc`` trains (init N(0, 0.01), bias 0), SGD lr 30, momentum 0.9, wd 0,

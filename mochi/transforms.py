@@ -38,7 +38,7 @@ class GaussianBlur:
 
 
 def aug_plus(image_size: int = 224, blur: bool = True) -> T.Compose:
-    """MoCo-v2 "aug+" (protocols.md §1).
+    """MoCo-v2 "aug+" (docs/protocols.md#augmentation).
 
     RandomResizedCrop(scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2,
     Gaussian blur σ ~ U(0.1, 2.0) with p 0.5 (PIL's filter, as the reference), horizontal flip, ImageNet
@@ -84,7 +84,7 @@ def eval_transform(image_size: int = 224, crop_fraction: float | None = None) ->
     Resize the short side to ``image_size / crop_fraction``, center-crop ``image_size``, ImageNet
     normalisation. ``crop_fraction`` defaults to 0.875 (Resize 256 + CenterCrop 224, the reference) for
     ``image_size >= 128`` and to 1.0 (the whole image resized) for small images such as 28 px
-    Fashion-MNIST, which pretraining also saw whole.
+    Fashion-MNIST, which pretraining also saw whole (docs/protocols.md#feature-extraction).
     """
     if crop_fraction is None:
         crop_fraction = 0.875 if image_size >= 128 else 1.0

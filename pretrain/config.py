@@ -1,8 +1,8 @@
 """Pretraining configuration: every default in one place, with its source.
 
 Defaults are the MoCo-v2 reference (``main_moco.py --mlp --aug-plus --cos --moco-t 0.2``,
-protocols.md §1) and MoCHi's options (protocols.md §2). ``validate`` checks every constraint that
-can be checked before any data is read or any model is built.
+docs/protocols.md#moco-v2-pretraining) and MoCHi's options (docs/protocols.md#mochi-hard-negative-mixing).
+``validate`` checks every constraint that can be checked before any data is read or any model is built.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ No module state and no I/O: every function maps tensors to tensors, so each can 
 direct formula. Shapes: ``B`` queries, ``D`` embedding dim, ``K`` queue length, ``N`` hard negatives,
 ``s`` / ``s_prime`` synthetic negatives of type 1 / type 2 per query.
 
-Logit layout (protocols.md §2, step 4)::
+Logit layout (docs/protocols.md#mochi-hard-negative-mixing, step 4)::
 
     [ q·k | q·n_1 … q·n_K | q·h_1 … q·h_s | q·h'_1 … q·h'_s' ] / temperature,  target 0
 """
@@ -69,7 +69,8 @@ def mix_hard_negatives(
     distinct members of that set (when N >= 2) with ``alpha ~ U(0, 1)``; type 2 mixes the query itself
     with one member using ``beta ~ U(0, 0.5)`` so the query always weighs less than the negative.
     Every point is L2-normalised. All inputs are detached: no gradient reaches the queue or the
-    synthetic points (protocols.md §2, step 5). ``s`` may exceed N; ``s = 0`` and ``s_prime = 0`` are valid.
+    synthetic points (docs/protocols.md#mochi-hard-negative-mixing, step 5). ``s`` may exceed N;
+    ``s = 0`` and ``s_prime = 0`` are valid.
     """
     if q.dim() != 2 or queue.dim() != 2 or q.shape[1] != queue.shape[1]:
         raise ValueError(f"expected q (B, D) and queue (K, D), got {tuple(q.shape)} and {tuple(queue.shape)}")

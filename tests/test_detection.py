@@ -113,7 +113,7 @@ def test_every_shipped_config_composes_and_builds(name):
     from mochi.eval.detection import build_config
 
     cfg = build_config(name, weights="", output_dir="unused", seed=0, world_size=1, device="cpu")
-    # torchvision-style input keys (protocols.md §5)
+    # torchvision-style input keys (docs/protocols.md#the-moco-detection-settings)
     assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
     assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.280, 103.530]
     assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.120, 57.375]

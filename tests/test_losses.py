@@ -1,4 +1,7 @@
-"""The contrastive math against direct formulas (protocols.md §1-2)."""
+"""The contrastive math against direct formulas.
+
+Protocol: docs/protocols.md#objective, docs/protocols.md#mochi-hard-negative-mixing.
+"""
 
 import math
 

@@ -1,4 +1,7 @@
-"""The MoCo module: momentum update, shuffle/split BN, queue updates (protocols.md §1)."""
+"""The MoCo module: momentum update, shuffle/split BN, queue updates.
+
+Protocol: docs/protocols.md#moco-v2-pretraining, docs/protocols.md#shuffle-bn-and-split-bn.
+"""
 
 import copy
 

@@ -1,6 +1,7 @@
 """Detectron2 weight files: torchvision ↔ Detectron2 ResNet names, and the ``.pkl`` writer.
 
-Name mapping (protocols.md §5): keys not under ``layerN`` get ``stem.``; ``layer1..4`` → ``res2..res5``;
+Name mapping (docs/protocols.md#converting-weights-to-detectron2): keys not under ``layerN`` get
+``stem.``; ``layer1..4`` → ``res2..res5``;
 ``bnK`` → ``convK.norm``; ``downsample.0`` → ``shortcut``; ``downsample.1`` → ``shortcut.norm``. It works
 component by component, so the reverse mapping is exact. ``num_batches_tracked`` is kept.
 

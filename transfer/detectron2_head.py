@@ -3,7 +3,7 @@
 With ``FREEZE_AT 0`` and BN in the backbone, the res5 stage that C4 models run per RoI ends in a
 residual sum whose scale is not normalised; an extra norm layer after res5 (type
 ``MODEL.RESNETS.NORM``, over its 2048 output channels) puts the pooled RoI features fed to the box
-and mask predictors on a normalised scale (protocols.md §5).
+and mask predictors on a normalised scale (docs/protocols.md#the-moco-detection-settings).
 
 Importing this module registers ``Res5ROIHeadsExtraNorm`` with Detectron2's ``ROI_HEADS_REGISTRY``
 (idempotent); it needs Detectron2, so nothing in ``mochi.transfer``'s ``__init__`` imports it.

@@ -41,8 +41,9 @@ def export_backbone(
 
     ``to="torchvision"``: a plain state dict that ``torchvision.models.<arch>()`` loads with only
     ``fc.weight``/``fc.bias`` missing (small-stem backbones need
-    ``build_torchvision_resnet(arch, small_stem=True)``). ``to="detectron2"``: the protocols.md §5
-    ``.pkl``; the head is dropped unless ``keep_head``. An existing ``out`` is kept unless ``force``.
+    ``build_torchvision_resnet(arch, small_stem=True)``). ``to="detectron2"``: the ``.pkl`` of
+    docs/protocols.md#converting-weights-to-detectron2; the head is dropped unless ``keep_head``. An
+    existing ``out`` is kept unless ``force``.
     """
     if to not in TARGETS:
         raise MochiError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")

@@ -22,6 +22,7 @@ from .base import SourceDataset, _few
 logger = logging.getLogger("mochi.data")
 
 ASSETS = Path(__file__).parent / "assets"
+# imagenet100: CMC's list of 100 ImageNet-1k synsets, shipped unchanged (docs/protocols.md#imagenet-100).
 SUBSETS: tuple[str, ...] = ("imagenet100",)
 # Split folder names that mark the ImageNet layout (<path>/<split>/<class>/...).
 _SPLIT_FOLDERS = ("train", "val", "test")

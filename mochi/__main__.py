@@ -1,0 +1,5 @@
+"""Allows ``python -m mochi``: the same command as ``mochi``."""
+
+from mochi.cli import main
+
+main()
