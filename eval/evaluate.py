@@ -110,7 +110,7 @@ def evaluate_knn(
     ``headline`` (its setting name) + ``settings`` (``{"k20_T0.07": {...}, ...}`` for every pair)."""
     config = config or KnnConfig()
     ks, temperatures = tuple(config.ks), tuple(config.temperatures)
-    backend = knn_lib.resolve_backend(config.backend)
+    backend, search_device = knn_lib.search_plan(config.backend, cfg.device)
     backbone = _backbone(backbone)
     start = time.perf_counter()
 
@@ -127,12 +127,13 @@ def evaluate_knn(
     search_start = time.perf_counter()
     metrics = knn_lib.knn_classify(
         train.features, train.labels, test.features, test.labels, ks=ks, temperatures=temperatures,
-        backend=backend, device=cfg.device, n_classes=info["n_classes"],
+        backend=backend, device=search_device, n_classes=info["n_classes"],
     )  # fmt: skip
     hyper = {
         "k": sorted(set(ks)),
         "T": list(temperatures),
         "backend": backend,
+        "search_device": search_device,
         "weighting": "exp(s/T)",
         "normalize": "l2",
         "image_size": cfg.image_size,

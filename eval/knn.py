@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mochi.errors import MochiError
 
@@ -152,15 +151,37 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def _faiss_has_gpu(faiss) -> bool:
+    return hasattr(faiss, "knn_gpu") and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def _faiss_search(train: np.ndarray, queries: np.ndarray, kmax: int, device: str) -> tuple[np.ndarray, ...]:
+    # faiss.knn searches the bank as it is: no index object, so no second copy of the bank.
     faiss = import_faiss()
-    index = faiss.IndexFlatIP(train.shape[1])
-    use_gpu = device != "cpu" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(train)
-    sims, ids = index.search(queries, kmax)
-    return sims, ids
+    if device == "cuda":
+        return faiss.knn_gpu(
+            faiss.StandardGpuResources(), queries, train, kmax, metric=faiss.METRIC_INNER_PRODUCT
+        )
+    return faiss.knn(queries, train, kmax, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def search_plan(backend: str, device: str = "auto") -> tuple[str, str]:
+    """``(backend, device)`` that will actually search, for ``--backend`` / ``--device`` as given.
+
+    ``faiss`` uses FAISS's GPU build on a GPU when both are there; with a GPU but a CPU-only FAISS the torch
+    backend searches on the GPU instead (far faster than FAISS on the CPU); without FAISS, torch searches
+    (with a one-line notice). ``device``: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+    """
+    backend = resolve_backend(backend)
+    gpu = device != "cpu" and torch.cuda.is_available()
+    if backend == "torch":
+        return "torch", "cuda" if gpu else "cpu"
+    if not gpu:
+        return "faiss", "cpu"
+    if _faiss_has_gpu(import_faiss()):
+        return "faiss", "cuda"
+    logger.info("FAISS has no GPU support here: searching with torch on the GPU (mochi-ssl[gpu] adds it)")
+    return "torch", "cuda"
 
 
 def _torch_search(
@@ -177,6 +198,20 @@ def _torch_search(
     return torch.cat(sims).numpy(), torch.cat(ids).numpy()
 
 
+def unit_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """One float32 copy of ``x: (N, D)`` with its rows scaled to unit length in place (zero rows stay zero).
+
+    One copy is needed anyway (cached features are read-only memory maps, possibly float16); normalising it
+    in place adds only the (N, 1) norms.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    out = np.array(x, dtype=np.float32, copy=True, order="C")
+    rows = torch.from_numpy(out)  # shares memory with out
+    rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))  # F.normalize's arithmetic, in place
+    return out
+
+
 def search(
     train: np.ndarray | torch.Tensor,
     queries: np.ndarray | torch.Tensor,
@@ -189,17 +224,14 @@ def search(
     ``train: (N, D)``, ``queries: (Q, D)``, any float dtype (L2-normalised here, in float32).
     Returns ``sims: (Q, kmax)`` float32 sorted descending and ``ids: (Q, kmax)`` int64.
     """
-    if backend not in BACKENDS:
-        raise MochiError(f"unknown kNN backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    # np.array copies: cached features are read-only memory maps, possibly float16.
-    train_t = F.normalize(torch.from_numpy(np.array(train, dtype=np.float32)), dim=1)
-    query_t = F.normalize(torch.from_numpy(np.array(queries, dtype=np.float32)), dim=1)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend, device = search_plan(backend, device)
+    train_u, query_u = unit_rows(train), unit_rows(queries)
     if backend == "faiss":
-        sims, ids = _faiss_search(train_t.numpy(), query_t.numpy(), kmax, device)
+        sims, ids = _faiss_search(train_u, query_u, kmax, device)
     else:
-        sims, ids = _torch_search(train_t, query_t, kmax, torch.device(device))
+        sims, ids = _torch_search(
+            torch.from_numpy(train_u), torch.from_numpy(query_u), kmax, torch.device(device)
+        )
     return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mochi.errors import MochiError
 from mochi.eval import knn
@@ -110,3 +111,41 @@ def test_missing_faiss_falls_back_to_torch_with_a_notice(monkeypatch, caplog):
     assert knn.resolve_backend("torch") == "torch"
     with pytest.raises(MochiError, match="unknown kNN backend 'annoy'"):
         knn.resolve_backend("annoy")
+
+
+def test_unit_rows_is_one_normalised_float32_copy():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float16)
+    out = knn.unit_rows(x)
+    assert out.dtype == np.float32 and out.flags.c_contiguous and not np.shares_memory(out, x)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+    ro = np.ones((2, 3), np.float32)
+    ro.setflags(write=False)  # cached features are read-only memory maps
+    np.testing.assert_allclose(np.linalg.norm(knn.unit_rows(ro), axis=1), [1, 1], rtol=1e-6)
+
+
+def test_faiss_knn_gives_the_index_search_answers():
+    # faiss.knn (no index copy of the bank) against the IndexFlatIP search it replaced
+    faiss = knn.import_faiss()
+    rng = np.random.default_rng(0)
+    bank, queries = rng.standard_normal((3000, 32)).astype(np.float16), rng.standard_normal((200, 32))
+    sims, ids = search(bank, queries, 40, backend="faiss", device="cpu")
+    index = faiss.IndexFlatIP(32)
+    index.add(F.normalize(torch.from_numpy(np.array(bank, np.float32)), dim=1).numpy())
+    ref_sims, ref_ids = index.search(F.normalize(torch.from_numpy(queries).float(), dim=1).numpy(), 40)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+
+
+def test_search_plan_on_a_cpu_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert knn.search_plan("faiss", "auto") == ("faiss", "cpu")
+    assert knn.search_plan("torch", "auto") == ("torch", "cpu")
+
+
+def test_search_plan_with_a_gpu_prefers_faiss_gpu_then_torch_on_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(knn, "_faiss_has_gpu", lambda faiss: False)
+    assert knn.search_plan("faiss", "auto") == ("torch", "cuda")  # faiss-cpu only: torch on the GPU
+    assert knn.search_plan("faiss", "cpu") == ("faiss", "cpu")
+    monkeypatch.setattr(knn, "_faiss_has_gpu", lambda faiss: True)
+    assert knn.search_plan("faiss", "auto") == ("faiss", "cuda")
