@@ -50,6 +50,7 @@ class EvalData:
     no_cache: bool = False
     dtype: str = "float32"
     progress: bool = False
+    verify_cache: bool = False  # full checksum of cached features on every hit (size + time otherwise)
 
 
 def _split(cfg: EvalData, split: str, limit: int | None, transform):
@@ -76,7 +77,7 @@ def _features(backbone: EvalBackbone, cfg: EvalData, check=None) -> tuple[Featur
     device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
     transform, spec = eval_transform(cfg.image_size, cfg.crop_fraction)
-    cache = None if cfg.no_cache else FeatureCache(cfg.cache_dir)
+    cache = None if cfg.no_cache else FeatureCache(cfg.cache_dir, verify=cfg.verify_cache)
     splits = _open_splits(cfg, transform)
     if check is not None:
         check(splits[0])

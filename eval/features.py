@@ -148,8 +148,9 @@ def cache_key(spec: dict[str, Any]) -> str:
 class FeatureCache:
     """Feature arrays on disk under ``root``, one folder per key (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, *, verify: bool = False) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.verify = verify  # full checksum on every hit, not only when size or modification time differ
 
     def folder(self, spec: dict[str, Any]) -> Path:
         return self.root / cache_key(spec)
@@ -187,8 +188,13 @@ class FeatureCache:
         labels = np.load(folder / "labels.npy")
         return Features(feats, labels, meta=meta, from_cache=from_cache, path=folder)
 
-    @staticmethod
-    def _check(folder: Path, spec: dict[str, Any]) -> str | None:
+    def _check(self, folder: Path, spec: dict[str, Any]) -> str | None:
+        """Why the entry at ``folder`` cannot be used for ``spec`` (None: it can).
+
+        Each array's size and modification time must be those recorded when it was written; the full
+        SHA-256 is computed when they differ (or the entry predates them) and on every hit with ``verify``.
+        Reading the whole cache again on each hit would cost seconds per evaluation at ImageNet scale.
+        """
         try:
             meta = json.loads((folder / "meta.json").read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -199,6 +205,8 @@ class FeatureCache:
             path = folder / f"{name}.npy"
             if not path.is_file():
                 return f"{path.name} is missing"
+            if not self.verify and _file_stat(path) == meta.get("stat", {}).get(name):
+                continue
             if sha256_file(path) != meta.get("sha256", {}).get(name):
                 return f"{path.name} does not match its checksum (damaged)"
         return None
@@ -230,8 +238,9 @@ class FeatureCache:
             dist_utils.barrier()
             if dist_utils.is_main():
                 sums = {name: sha256_file(tmp / f"{name}.npy") for name in ("features", "labels")}
+                stats = {name: _file_stat(tmp / f"{name}.npy") for name in ("features", "labels")}
                 meta = {"version": CACHE_VERSION, "spec": spec, "shape": [n, dim], "dtype": dtype}
-                atomic_write_json(tmp / "meta.json", {**meta, "sha256": sums})
+                atomic_write_json(tmp / "meta.json", {**meta, "sha256": sums, "stat": stats})
                 self._publish(tmp, folder, spec)
         except BaseException as err:
             if dist_utils.is_main():
@@ -252,6 +261,11 @@ class FeatureCache:
                     return
                 _remove_entry(folder)
             os.replace(tmp, folder)
+
+
+def _file_stat(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _remove_entry(folder: Path) -> None:

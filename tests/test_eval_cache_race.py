@@ -54,5 +54,8 @@ def test_concurrent_runs_on_a_cold_cache_all_write_right_records(tmp_path):
     assert len(entries) == 2 and not any(".partial" in e or ".trash" in e for e in entries), entries
     for e in entries:
         assert (
-            FeatureCache._check(cache / e, json.loads((cache / e / "meta.json").read_text())["spec"]) is None
+            FeatureCache(cache, verify=True)._check(
+                cache / e, json.loads((cache / e / "meta.json").read_text())["spec"]
+            )
+            is None
         )

@@ -97,3 +97,33 @@ def test_a_full_disk_while_caching_leaves_no_entry_and_says_why(tmp_path, monkey
     with pytest.raises(MochiError, match="feature cache: cannot write .*no space left.*--no-cache"):
         _get(load_eval_backbone(random_init=True, arch="resnet18"), tiny, cache)
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == []
+
+
+def test_a_cache_hit_checks_size_and_time_and_hashes_only_on_demand(tmp_path, tiny, monkeypatch):
+    import os
+
+    from mochi.eval import features as features_mod
+
+    cache = FeatureCache(tmp_path / "cache")
+    bb = load_eval_backbone(random_init=True, arch="resnet18")
+    built = _get(bb, tiny, cache)
+    hashed = []
+    real = features_mod.sha256_file
+    monkeypatch.setattr(features_mod, "sha256_file", lambda p, *a: hashed.append(p.name) or real(p, *a))
+    hit = _get(bb, tiny, cache)
+    assert hit.from_cache and hashed == []  # size and modification time match: no re-read
+    # Same size, modification time put back: only a full verification can see the change.
+    path = built.path / "features.npy"
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _get(bb, tiny, cache).from_cache
+    verified = _get(bb, tiny, FeatureCache(tmp_path / "cache", verify=True))
+    assert not verified.from_cache and "features.npy" in hashed
+    # A touched but intact file (a copy, a restore) is re-hashed once, found good, and used.
+    hashed.clear()
+    os.utime(verified.path / "labels.npy")
+    again = _get(bb, tiny, cache)
+    assert again.from_cache and hashed == ["labels.npy"]
