@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -218,9 +219,13 @@ def pretrain(cfg: PretrainConfig, show_progress: bool = True) -> PretrainResult:
     """Run (or resume) MoCo-v2 / MoCHi pretraining as configured. Returns where the results are."""
     device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the user's choice wins
+        torch.set_num_threads(dist_utils.intra_op_threads(cfg.workers))
     try:
         return _pretrain(cfg, device, show_progress)
     finally:
+        torch.set_num_threads(threads)
         dist_utils.shutdown()
 
 
@@ -330,6 +335,8 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
                 "bn_splits": cfg.resolved_bn_splits(world),
                 "dataset": dataset.identity(),
                 "steps_per_epoch": steps_per_epoch,
+                "intra_op_threads": torch.get_num_threads(),
+                "loader_workers": cfg.workers,
             },
         )
     logger = _Logger(run_dir, start_epoch, enabled=main, first_step=start_epoch * steps_per_epoch)

@@ -35,8 +35,10 @@ def epochs(run_dir):
 
 def test_checkpoint_layout_and_logs(tmp_path):
     out = tmp_path / "run"
+    threads = torch.get_num_threads()
     res = run_cli([*TINY, "--epochs", "2", "--keep-last", "1", "-o", str(out)])
     assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == threads  # the thread count chosen for the run is put back
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint_0001.pth.tar"]  # --keep-last 1
     ckpt = torch.load(out / "checkpoint_0001.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet18" and "optimizer" in ckpt
@@ -47,6 +49,7 @@ def test_checkpoint_layout_and_logs(tmp_path):
     assert ckpt["mochi"]["config"]["queue_size"] == 64 and ckpt["mochi"]["versions"]["torch"]
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"]["num_images"] == 128 and config["effective_lr"] == pytest.approx(0.03 * 32 / 256)
+    assert config["loader_workers"] == 0 and config["intra_op_threads"] >= 1
     recs = epochs(out)
     assert [r["epoch"] for r in recs] == [0, 1]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # tensorboard is a test dependency
