@@ -93,7 +93,6 @@ class DetectionConfig:
 class DetectionPlan:
     """What every seed of a :class:`DetectionConfig` shares, made once by :func:`prepare_detection`."""
 
-    config: DetectionConfig
     num_gpus: int
     world_size: int
     device: str
@@ -172,7 +171,7 @@ def prepare_detection(config: DetectionConfig) -> DetectionPlan:
         "classes": classes,
     }
     return DetectionPlan(
-        config=config, num_gpus=num_gpus, world_size=world_size, device=device, train=train, test=test,
+        num_gpus=num_gpus, world_size=world_size, device=device, train=train, test=test,
         overrides=overrides, weights=weights, arch=report.arch, evaluated=evaluated, data=data,
         protocol=resolve_config(config.config).stem,
     )  # fmt: skip
@@ -186,11 +185,11 @@ def run_detection_seed(
     ``plan``: from :func:`prepare_detection` (made here when not given). Writes nothing but the seed's
     Detectron2 output directory; ``None`` on a machine other than rank 0 (which alone makes records).
     """
+    plan = plan or prepare_detection(config)  # first: says how to install Detectron2 if it is missing
     from detectron2.engine import launch
 
     from .detection_trainer import train_seed
 
-    plan = plan or prepare_detection(config)
     seed_dir = Path(config.output) / f"seed{seed}"
     cfg = build_config(
         config.config, weights=plan.weights, output_dir=seed_dir, seed=seed, world_size=plan.world_size,
