@@ -59,7 +59,8 @@ def bench(config: str, device: str, iters: int, work: Path) -> dict:
     from detectron2.engine import HookBase
     from detectron2.utils.env import seed_all_rng
 
-    from mochi.eval.detection import _trainer_class, build_config, parse_dataset, register_dataset
+    from mochi.eval.detection_trainer import trainer_class
+    from mochi.transfer.detectron2 import build_config, parse_dataset, register_dataset
 
     gpu = device == "cuda"
     size, n_images, classes = ((800, 600), 32, 20) if gpu else ((128, 96), 8, 6)
@@ -85,7 +86,7 @@ def bench(config: str, device: str, iters: int, work: Path) -> dict:
                 torch.cuda.synchronize()
             steps.append(time.perf_counter() - self.t)
 
-    base = _trainer_class()
+    base = trainer_class()
 
     class Trainer(base):
         def build_hooks(self):

@@ -20,3 +20,19 @@ class MochiError(Exception):
         if isinstance(message, str) and message.startswith(_WORKER_PREFIX) and _ORIGINAL in message:
             message = message.rsplit(_ORIGINAL, 1)[1].strip()
         super().__init__(message)
+
+
+class ConfigError(MochiError):
+    """A bad value in a config dataclass: ``field`` is the field's name, ``message`` says what is wrong.
+
+    The library words ``message`` in field names (``seeds: give distinct seeds``); a command-line layer
+    catches it and names the option the user typed instead.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,36 +1,36 @@
-"""Detection transfer: configs, norm choice, aggregation, and real CPU fine-tunes with Detectron2.
+"""Detection transfer: metrics, aggregation, the runner contract, and real CPU fine-tunes with Detectron2.
+
+The Detectron2 glue (configs, norm choice, datasets) is tested in ``test_transfer_detectron2_config.py``.
 
 The real-photo tests use the labelme example datasets cached by ``scripts/fetch_detection_testdata.py``
 (run by ``scripts/setup.sh``); they skip with that command as the reason when the cache is absent.
 """
 
 import json
+import logging
 import math
 import os
+import random
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from mochi import layout
 from mochi.cli import main
-from mochi.detectron_configs import config_names
-from mochi.errors import MochiError
-from mochi.eval.detection import (
-    aggregate,
-    choose_norm,
-    metrics_from_results,
-    parse_dataset,
-    require_detectron2,
-)
+from mochi.errors import ConfigError, MochiError
+from mochi.eval.detection import DetectionConfig
+from mochi.eval.detection_metrics import aggregate, metrics_from_results
 from mochi.transfer import build_torchvision_resnet
+from mochi.transfer.detectron2 import parse_dataset, require_detectron2
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("MOCHI_TESTDATA", ROOT / ".cache" / "testdata")) / "labelme-6.3.1"
 FETCH = "python scripts/fetch_detection_testdata.py"
-SHIPPED = ["voc07_R50_C4_24k", "coco_R50_C4_1x", "coco_R50_C4_2x", "coco_R50_FPN_1x", "smoke_R50_C4"]
 
 
 def _needs_detectron2():
@@ -54,42 +54,9 @@ def test_aggregate_is_mean_and_sample_std():
     assert aggregate([{"AP": 1.0}])["AP"]["std"] is None
 
 
-@pytest.mark.parametrize(
-    "norm, world, value, expected",
-    [
-        ("auto", 1, "SyncBN", "BN"),
-        ("auto", 1, "naiveSyncBN", "BN"),
-        ("auto", 8, "naiveSyncBN", "naiveSyncBN"),
-        ("auto", 1, "FrozenBN", "FrozenBN"),
-        ("auto", 1, "", ""),
-        ("config", 1, "SyncBN", "SyncBN"),
-        ("BN", 8, "SyncBN", "BN"),
-        ("SyncBN", 1, "BN", "SyncBN"),
-        ("BN", 1, "", ""),
-    ],
-)
-def test_choose_norm(norm, world, value, expected):
-    assert choose_norm({"MODEL.RESNETS.NORM": value}, world, norm) == {"MODEL.RESNETS.NORM": expected}
-
-
 def test_metrics_from_results():
     res = {"bbox": {"AP": 50.0, "AP50": 80.0, "AP75": 55.0, "APs": 1.0}, "segm": {"AP": float("nan")}}
     assert metrics_from_results(res) == {"AP": 50.0, "AP50": 80.0, "AP75": 55.0, "mask_AP": None}
-
-
-def test_shipped_config_names():
-    assert config_names() == sorted(SHIPPED)
-
-
-def test_dataset_spec_errors(tmp_path):
-    with pytest.raises(MochiError, match="not found"):
-        parse_dataset(str(tmp_path / "none.json"), default_split="test")
-    (tmp_path / "voc").mkdir()
-    with pytest.raises(MochiError, match="class_names.txt"):
-        parse_dataset(str(tmp_path / "voc"), default_split="test")
-    ds = parse_dataset(f"{tmp_path / 'voc'}:val", default_split="test", classes=["a", "b"])
-    assert (ds.kind, ds.split, ds.classes) == ("voc", "val", ("a", "b"))
-    assert parse_dataset("voc_2007_test", default_split="test").kind == "builtin"
 
 
 def test_detect_without_detectron2_says_how_to_install(monkeypatch, tmp_path):
@@ -101,45 +68,81 @@ def test_detect_without_detectron2_says_how_to_install(monkeypatch, tmp_path):
     assert out.exit_code == 1 and "install_detectron2.sh" in out.output and "Traceback" not in out.output
 
 
+def test_config_errors_name_fields_and_the_cli_names_flags(tmp_path):
+    with pytest.raises(ConfigError, match=r"^seeds \[0, 0\]: give distinct seeds") as info:
+        DetectionConfig("c.pth", config="smoke_R50_C4", output="x", seeds=[0, 0])
+    assert info.value.field == "seeds" and str(info.value) == info.value.message
+    with pytest.raises(ConfigError, match="^seeds: give at least one seed"):
+        DetectionConfig("c.pth", config="smoke_R50_C4", output="x", seeds=[])
+    with pytest.raises(ConfigError, match="^norm 'GN': choose one of") as info:
+        DetectionConfig("c.pth", config="smoke_R50_C4", output="x", norm="GN")
+    assert info.value.field == "norm"
+    torch.save({}, tmp_path / "c.pth")
+    args = ["detect", str(tmp_path / "c.pth"), "--config", "smoke_R50_C4", "-o", str(tmp_path / "o")]
+    out = CliRunner().invoke(main, [*args, "--seeds", "1,0,1"])
+    assert out.exit_code == 1 and "Error: --seeds [1, 0, 1]: give distinct seeds" in out.output, out.output
+
+
+@pytest.mark.detectron2
+def test_cli_names_the_flags_of_library_errors(tmp_path):
+    _needs_detectron2()
+    torch.save({}, tmp_path / "c.pth")
+    args = ["detect", str(tmp_path / "c.pth"), "-o", str(tmp_path / "o"), "--num-gpus", "0"]
+    out = CliRunner().invoke(main, [*args, "--config", "nope"])
+    assert out.exit_code == 1 and "Error: --config 'nope': neither a shipped config" in out.output, out.output
+    out = CliRunner().invoke(main, [*args, "--config", "smoke_R50_C4", "--num-machines", "2"])
+    assert (
+        "Error: --num-machines > 1 needs GPUs (Detectron2's launcher uses NCCL); pass --num-gpus"
+        in out.output
+    )
+    out = CliRunner().invoke(main, [*args, "--config", "smoke_R50_C4", "SOLVER.MAX_ITER"])
+    assert "Error: OVERRIDES must be KEY VALUE pairs; got an odd number: SOLVER.MAX_ITER" in out.output
+    if not torch.cuda.is_available():
+        out = CliRunner().invoke(main, [*args[:-2], "--config", "smoke_R50_C4", "--num-gpus", "1"])
+        assert "Error: --num-gpus 1: CUDA is not available here; use --num-gpus 0 to run on CPU" in out.output
+
+
+def _global_state() -> dict:
+    """What a runner must leave as it found it: warning filters, logging set-up, global RNGs, environment.
+
+    Loggers still in their default state (made by ``getLogger`` during a run) do not count.
+    """
+    loggers = {"": logging.getLogger(), **logging.Logger.manager.loggerDict}
+    described = {
+        name: (lg.level, lg.propagate, lg.disabled, tuple(lg.handlers))
+        for name, lg in loggers.items()
+        if isinstance(lg, logging.Logger)
+    }
+    described = {n: d for n, d in described.items() if n == "" or d != (0, True, False, ())}
+    return {
+        "warnings": list(warnings.filters),
+        "logging.disable": logging.root.manager.disable,
+        "loggers": described,
+        "handler levels": {n: [h.level for h in d[3]] for n, d in described.items()},
+        "random": random.getstate(),
+        "numpy": np.random.get_state()[1].tobytes(),
+        "torch": torch.get_rng_state().numpy().tobytes(),
+        "environ": dict(os.environ),
+    }
+
+
+@pytest.mark.detectron2
+def test_seed_process_state_is_put_back(tmp_path):
+    _needs_detectron2()
+    from mochi.eval.detection_trainer import preserved_rng, quiet_warnings, seed_logging
+
+    before = _global_state()
+    with pytest.raises(RuntimeError), preserved_rng(), quiet_warnings(), seed_logging(tmp_path, 0, False):
+        assert _global_state() != before
+        logging.getLogger("detectron2.engine").info("written to log.txt only")
+        torch.manual_seed(1), np.random.seed(1), random.seed(1)
+        os.environ["PYTHONHASHSEED"] = "1"
+        raise RuntimeError("a failing seed")
+    assert _global_state() == before
+    assert "written to log.txt only" in (tmp_path / "log.txt").read_text()
+
+
 # ----------------------------------------------------------------------------------- with Detectron2
-
-
-@pytest.mark.detectron2
-@pytest.mark.parametrize("name", SHIPPED)
-def test_every_shipped_config_composes_and_builds(name):
-    _needs_detectron2()
-    from detectron2.modeling import build_model
-
-    from mochi.eval.detection import build_config
-
-    cfg = build_config(name, weights="", output_dir="unused", seed=0, world_size=1, device="cpu")
-    # torchvision-style input keys (docs/protocols.md#the-moco-detection-settings)
-    assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
-    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.280, 103.530]
-    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.120, 57.375]
-    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "BN"  # auto: one process
-    if name.startswith("voc07"):
-        assert cfg.SOLVER.MAX_ITER == 24000 and cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.IMS_PER_BATCH == 16
-        assert cfg.SOLVER.WARMUP_ITERS == 100 and cfg.TEST.PRECISE_BN.ENABLED
-        assert min(cfg.INPUT.MIN_SIZE_TRAIN) == 480 and max(cfg.INPUT.MIN_SIZE_TRAIN) == 800
-    if "C4" not in name:
-        return
-    cfg.MODEL.RESNETS.NORM = "BN"
-    model = build_model(cfg)
-    assert type(model.roi_heads).__name__ == "Res5ROIHeadsExtraNorm"
-    assert isinstance(model.roi_heads.res5[-1], torch.nn.BatchNorm2d)
-    assert model.roi_heads.res5[-1].num_features == 2048
-
-
-@pytest.mark.detectron2
-def test_sync_norm_is_kept_for_several_processes():
-    _needs_detectron2()
-    from mochi.eval.detection import build_config
-
-    cfg = build_config("voc07_R50_C4_24k", weights="", output_dir="x", seed=0, world_size=8, device="cpu")
-    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
-    cfg = build_config("coco_R50_FPN_1x", weights="", output_dir="x", seed=0, world_size=8, device="cpu")
-    assert cfg.MODEL.RESNETS.NORM == cfg.MODEL.FPN.NORM == cfg.MODEL.ROI_MASK_HEAD.NORM == "SyncBN"
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +170,9 @@ def test_missing_builtin_data_is_an_error_before_training(mochi_r50, tmp_path, m
     if Path(MetadataCatalog.get("voc_2007_trainval").dirname).exists():
         pytest.skip("VOC2007 is present under DETECTRON2_DATASETS here; this test needs it absent")
     with pytest.raises(MochiError, match=r"voc_2007_trainval.*missing.*DETECTRON2_DATASETS"):
-        run_detection(mochi_r50[0], config="voc07_R50_C4_24k", output=tmp_path / "o", num_gpus=0)
+        run_detection(
+            DetectionConfig(mochi_r50[0], config="voc07_R50_C4_24k", output=tmp_path / "o", num_gpus=0)
+        )
     assert not (tmp_path / "o" / "backbone.pkl").exists()  # nothing converted or trained
 
 
@@ -176,15 +181,10 @@ def test_missing_builtin_data_is_an_error_before_training(mochi_r50, tmp_path, m
 def test_exported_backbone_loads_into_the_detector(mochi_r50, tmp_path):
     _needs_detectron2()
     _needs_testdata()
-    from mochi.eval.detection import (
-        _trainer_class,
-        backbone_not_loaded,
-        build_config,
-        check_dataset,
-        register_dataset,
-    )
+    from mochi.eval.detection_trainer import backbone_not_loaded, trainer_class
     from mochi.safe_pickle import safe_load
     from mochi.transfer import export_backbone
+    from mochi.transfer.detectron2 import build_config, check_dataset, register_dataset
 
     path, r50 = mochi_r50
     export_backbone(path, tmp_path / "b.pkl", to="detectron2")
@@ -195,7 +195,7 @@ def test_exported_backbone_loads_into_the_detector(mochi_r50, tmp_path):
         "smoke_R50_C4", weights=tmp_path / "b.pkl", output_dir=tmp_path / "o", seed=0, world_size=1,
         device="cpu", train=[ds], test=[ds], overrides=["MODEL.ROI_HEADS.NUM_CLASSES", str(n)],
     )  # fmt: skip
-    trainer = _trainer_class()(cfg)
+    trainer = trainer_class()(cfg)
     trainer.resume_or_load(resume=True)
     model = trainer.checkpointer.model
     assert backbone_not_loaded(model, safe_load(tmp_path / "b.pkl")["model"]) == []
@@ -242,8 +242,9 @@ def test_finetune_voc_seeds_aggregate_and_interrupted_seed_resumes(mochi_r50, tm
     from detectron2.engine import HookBase
 
     import mochi.eval.detection as detection
+    import mochi.eval.detection_trainer as trainer_module
 
-    real = detection._trainer_class
+    real = trainer_module.trainer_class
 
     class Interrupt(HookBase):
         def after_step(self):
@@ -260,17 +261,21 @@ def test_finetune_voc_seeds_aggregate_and_interrupted_seed_resumes(mochi_r50, tm
         return Trainer
 
     voc = str(TESTDATA / "voc")
-    kwargs = dict(config="smoke_R50_C4", output=tmp_path / "run", train=[voc], test=[voc], num_gpus=0,
-                  overrides=["SOLVER.CHECKPOINT_PERIOD", "1"], verbose=False)  # fmt: skip
-    monkeypatch.setattr(detection, "_trainer_class", interrupted_trainer_class)
+    config = DetectionConfig(mochi_r50[0], config="smoke_R50_C4", output=tmp_path / "run", seeds=[0, 1],
+                             train=[voc], test=[voc], num_gpus=0, overrides=["SOLVER.CHECKPOINT_PERIOD", "1"],
+                             verbose=False)  # fmt: skip
+    monkeypatch.setattr(trainer_module, "trainer_class", interrupted_trainer_class)
+    before = _global_state()
     with pytest.raises(KeyboardInterrupt):
-        detection.run_detection(mochi_r50[0], seeds=[0, 1], **kwargs)
+        detection.run_detection(config)
+    assert _global_state() == before  # nothing global changed, also when a seed raises
     assert (tmp_path / "run" / "seed0" / "record.json").is_file()
     assert not (tmp_path / "run" / "seed1" / "record.json").exists()
     assert (tmp_path / "run" / "seed1" / "last_checkpoint").read_text().strip() == "model_0000000.pth"
 
-    monkeypatch.setattr(detection, "_trainer_class", real)
-    run = detection.run_detection(mochi_r50[0], seeds=[0, 1], **kwargs)
+    monkeypatch.setattr(trainer_module, "trainer_class", real)
+    run = detection.run_detection(config)
+    assert _global_state() == before
     assert run.skipped_seeds == [0]  # finished seeds are not rerun
     assert [r["seed"] for r in run.seeds] == [0, 1] and run.seeds[1]["resumed_from_iter"] == 1
     for r in run.seeds:
@@ -284,5 +289,5 @@ def test_finetune_voc_seeds_aggregate_and_interrupted_seed_resumes(mochi_r50, tm
         assert math.isclose(agg["metrics"][name]["std"], abs(values[0] - values[1]) / math.sqrt(2))
     records = list((tmp_path / "run" / "results").glob("*.json"))
     assert len(records) == 3  # two seeds and one aggregate, each written once
-    again = detection.run_detection(mochi_r50[0], seeds=[0, 1], **kwargs)
+    again = detection.run_detection(config)
     assert again.skipped_seeds == [0, 1] and again.aggregate["id"] == agg["id"] and not again.written

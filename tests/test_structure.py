@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it is installed as (pyproject's package-dir).
 STAGES = {"pretrain": "mochi.pretrain", "transfer": "mochi.transfer", "eval": "mochi.eval"}
@@ -98,3 +100,13 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     assert any("x.py:1 (mochi.eval) imports mochi.pretrain.moco" in v for v in found), found
     assert any("t.py:1 (mochi.transfer) imports mochi.pretrain" in v for v in found), found
     assert not any("x.py:2" in v for v in found)
+
+
+@pytest.mark.parametrize("folder", ["pretrain", "transfer", "eval", "mochi"])
+def test_modules_stay_small_or_say_why(folder):
+    # ~400 lines at most, unless the module's docstring says why it is longer.
+    for path in (ROOT / folder).rglob("*.py"):
+        lines = path.read_text().count("\n")
+        if lines > 420:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            assert "Longer than" in doc, f"{path.relative_to(ROOT)} has {lines} lines and no reason given"

@@ -10,7 +10,7 @@ from mochi.errors import MochiError
 from mochi.io import atomic_torch_save
 
 from .backbone import BackboneReport, inspect_checkpoint
-from .detectron2 import write_detectron2_pkl
+from .detectron2.names import write_detectron2_pkl
 
 TARGETS = ("torchvision", "detectron2")
 

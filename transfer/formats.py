@@ -32,7 +32,7 @@ import torch
 from mochi import layout
 from mochi.errors import MochiError
 
-from .detectron2 import CAFFE2_HINT, d2_to_tv_name
+from .detectron2.names import CAFFE2_HINT, d2_to_tv_name
 
 ENCODERS = ("query", "key", "teacher", "student")
 _ANCHORS = {

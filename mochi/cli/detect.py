@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
-from mochi.eval.detection import NORM_CHOICES
+from mochi.errors import ConfigError
+from mochi.transfer.detectron2.config import NORM_CHOICES
+
+#: DetectionConfig fields whose option is not ``--field-name``.
+FLAGS = {
+    "checkpoint": "CHECKPOINT",
+    "overrides": "OVERRIDES",
+    "results_dir": "--results",
+    "verbose": "--quiet",
+}
+
+
+def _flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _with_flags(err: ConfigError) -> str:
+    """``err``'s message in the options' names: its field where the message starts with it, and every
+    field name with an underscore (``num_gpus``) wherever it stands."""
+    from dataclasses import fields
+
+    from mochi.eval.detection import DetectionConfig
+
+    message = err.message
+    if re.match(rf"{re.escape(err.field)}\b", message):
+        message = _flag(err.field) + message[len(err.field) :]
+    for f in fields(DetectionConfig):
+        if "_" in f.name:
+            message = re.sub(rf"\b{f.name}\b", _flag(f.name), message)
+    return message
 
 
 def _seeds(ctx, param, value: str) -> list[int]:
     try:
-        seeds = [int(s) for s in value.split(",") if s.strip()]
+        return [int(s) for s in value.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r}: comma-separated integers, e.g. 0,1,2,3,4") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise click.BadParameter(f"{value!r}: give distinct seeds, e.g. 0,1,2,3,4")
-    return seeds
 
 
 @click.command("detect", context_settings={"ignore_unknown_options": True})
@@ -56,14 +84,20 @@ def detect_cmd(checkpoint, overrides, config, seeds, output, results, train, tes
     mochi detect ckpt.pth --config smoke_R50_C4 -o runs/smoke \\
         --train ann.json --test ann.json MODEL.MASK_ON True
     """
-    from mochi.eval.detection import format_aggregate, run_detection
+    from mochi.eval.detection import DetectionConfig, run_detection
+    from mochi.eval.detection_metrics import format_aggregate
 
-    run = run_detection(
-        checkpoint, config=config, output=output, seeds=seeds, results_dir=results, train=list(train),
-        test=[test] if test else [], classes=classes.split(",") if classes else None, norm=norm,
-        num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
-        overrides=list(overrides), encoder=encoder, trust_checkpoint=trust_checkpoint, verbose=not quiet,
-    )  # fmt: skip
+    try:
+        run = run_detection(
+            DetectionConfig(
+                checkpoint, config=config, output=output, seeds=seeds, results_dir=results, train=train,
+                test=[test] if test else [], classes=classes.split(",") if classes else None, norm=norm,
+                num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
+                overrides=overrides, encoder=encoder, trust_checkpoint=trust_checkpoint, verbose=not quiet,
+            )
+        )  # fmt: skip
+    except ConfigError as err:
+        raise click.ClickException(_with_flags(err)) from None
     if machine_rank != 0:
         return
     if run.skipped_seeds:

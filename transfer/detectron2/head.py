@@ -6,7 +6,9 @@ residual sum whose scale is not normalised; an extra norm layer after res5 (type
 and mask predictors on a normalised scale (docs/protocols.md#the-moco-detection-settings).
 
 Importing this module registers ``Res5ROIHeadsExtraNorm`` with Detectron2's ``ROI_HEADS_REGISTRY``
-(idempotent); it needs Detectron2, so nothing in ``mochi.transfer``'s ``__init__`` imports it.
+(idempotent); it needs Detectron2, so neither ``mochi.transfer`` nor ``mochi.transfer.detectron2`` imports it
+on import: :func:`mochi.transfer.detectron2.config.load_config` does, and so must a Detectron2 script that
+uses the shipped configs (``import mochi.transfer.detectron2.head``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Detectron2 weight files: torchvision ↔ Detectron2 ResNet names, and the ``.pkl`` writer.
 
+Plain torch and numpy: nothing here needs Detectron2 installed.
+
 Name mapping (docs/protocols.md#converting-weights-to-detectron2): keys not under ``layerN`` get
 ``stem.``; ``layer1..4`` → ``res2..res5``;
 ``bnK`` → ``convK.norm``; ``downsample.0`` → ``shortcut``; ``downsample.1`` → ``shortcut.norm``. It works
@@ -131,4 +133,5 @@ def write_detectron2_pkl(
         pickle.dump(payload, fh, protocol=4)
 
 
+#: Key names of Caffe2-era (Detectron v1) ResNet weights, which are not supported: recognised to say so.
 CAFFE2_HINT = re.compile(r"^(conv1_w|res_conv1_bn_[sb]|res\d+_\d+_branch\w+|fc1000_[wb])$")
