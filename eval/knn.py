@@ -19,32 +19,35 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mochi.errors import MochiError
+from mochi.errors import ConfigError, MochiError
+
+from .config import BACKENDS, DEFAULT_KS, DEFAULT_TEMPERATURES, HEADLINE, KnnConfig
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_KS",
+    "DEFAULT_TEMPERATURES",
+    "HEADLINE",
+    "KnnConfig",
+    "check_settings",
+    "knn_classify",
+    "knn_vote",
+    "search",
+    "setting_name",
+    "resolve_backend",
+    "classification_metrics",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KS = (10, 20, 100, 200)
-DEFAULT_TEMPERATURES = (0.07,)
-HEADLINE = (20, 0.07)
-BACKENDS = ("faiss", "torch")
 # Bound on one query chunk's similarity block (floats): 2^27 floats = 512 MiB at float32.
 MAX_BLOCK = 1 << 27
-
-
-@dataclass
-class KnnConfig:
-    """The kNN protocol's settings: every ``k`` and ``T`` is scored from one search for ``max(k)``."""
-
-    ks: tuple[int, ...] = DEFAULT_KS
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    backend: str = "faiss"  # "faiss" (exact inner product) or "torch"; faiss falls back to torch if absent
 
 
 def setting_name(k: int, temperature: float) -> str:
@@ -209,14 +212,16 @@ def search(
 
 def check_settings(ks: Sequence[int], temperatures: Sequence[float], n_train: int, n_classes: int) -> None:
     if not ks or not temperatures:
-        raise MochiError("give at least one k and one temperature")
+        raise ConfigError("ks" if not ks else "temperatures", "needs at least one value")
     if min(ks) < 1:
-        raise MochiError(f"every k must be >= 1, got {sorted(ks)}")
+        raise ConfigError("ks", f"needs every value positive, got {', '.join(map(str, sorted(ks)))}")
     if min(temperatures) <= 0:
-        raise MochiError(f"every temperature must be > 0, got {sorted(temperatures)}")
+        raise ConfigError(
+            "temperatures", f"needs every value positive, got {', '.join(map(str, sorted(temperatures)))}"
+        )
     if max(ks) > n_train:
-        raise MochiError(
-            f"k={max(ks)} exceeds the {n_train} training images: pass smaller --k values (at most {n_train})"
+        raise ConfigError(
+            "ks", f"{max(ks)} exceeds the {n_train} training images: pass values of at most {n_train}"
         )
     if n_classes < 2:
         raise MochiError("the training split holds a single class: classification accuracy is meaningless")

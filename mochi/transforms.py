@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torchvision import transforms as T
 
+from mochi.constants import AUGMENTATIONS
 from mochi.errors import MochiError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("aug-plus", "aug-plus-small")
 
 
 def aug_plus(image_size: int = 224, blur: bool = True) -> T.Compose:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mochi import distributed as dist_utils
 from mochi.data import LimitedDataset, load_dataset
-from mochi.errors import MochiError
+from mochi.errors import ConfigError, MochiError
 from mochi.io import atomic_write_json, atomic_write_text
 from mochi.pretrain.checkpoint import (
     build_checkpoint,
@@ -33,7 +33,7 @@ from mochi.pretrain.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, validate
+from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, upgrade, validate
 from mochi.pretrain.moco import MochiParams, MoCo
 from mochi.transforms import TwoCrops, build_augmentation
 
@@ -64,9 +64,7 @@ def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
 def amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         if cfg.amp in ("bf16", "fp16"):
-            raise MochiError(
-                f"--amp {cfg.amp} needs a GPU; on CPU training runs in fp32 (use --amp auto/off)"
-            )
+            raise ConfigError("amp", f"{cfg.amp} needs a GPU; on CPU training runs in fp32 (use auto or off)")
         return None
     if cfg.amp == "off":
         return None
@@ -92,6 +90,7 @@ def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+    saved = upgrade(saved)  # checkpoints written before a field was renamed
     diff = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != cfg.to_dict()[k]]
     if diff:
         details = ", ".join(f"{k}: {saved[k]!r} -> {cfg.to_dict()[k]!r}" for k in diff)
@@ -190,7 +189,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     )
 
     torch.manual_seed(cfg.seed)  # identical initial weights and queue on every rank
-    mochi = MochiParams(cfg.mochi_n, cfg.mochi_s, cfg.mochi_s_prime) if cfg.uses_mochi else None
+    mochi = MochiParams(cfg.n_hard, cfg.s, cfg.s_prime) if cfg.uses_mochi else None
     model = MoCo(
         arch=cfg.arch,
         dim=cfg.dim,

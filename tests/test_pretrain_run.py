@@ -118,11 +118,11 @@ def test_bad_options_give_clear_errors(tmp_path):
     res = run_cli([*TINY, "--moco-k", "64", "--mochi-n", "65", "-o", str(out)])
     assert res.exit_code == 1 and "--mochi-n 65 exceeds the queue size K=64" in res.output
     res = run_cli([*TINY, "--moco-k", "100", "-o", str(out)])
-    assert res.exit_code == 1 and "K=100 is not a multiple of the global batch 32" in res.output
+    assert res.exit_code == 1 and "--moco-k 100 is not a multiple of the global batch 32" in res.output
     res = run_cli([*TINY, "--bn-splits", "3", "-o", str(out)])
     assert res.exit_code == 1 and "--bn-splits 3 must divide the per-process batch 32" in res.output
     res = run_cli([*TINY, "--mochi-s", "4", "-o", str(out)])
-    assert res.exit_code == 1 and "need --mochi-n" in res.output
+    assert res.exit_code == 1 and "--mochi-s needs --mochi-n N > 0" in res.output
     assert not out.exists()  # nothing written
 
 

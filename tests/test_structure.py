@@ -40,7 +40,8 @@ def _source_files() -> dict[Path, str]:
             files[path] = package
     for path in (ROOT / "mochi").rglob("*.py"):
         rel = path.relative_to(ROOT / "mochi").parts
-        files[path] = "mochi.cli" if rel[0] == "cli" else "core"
+        # mochi/__main__.py (``python -m mochi``) is the command line's entry point.
+        files[path] = "mochi.cli" if rel[0] in ("cli", "__main__.py") else "core"
     return files
 
 

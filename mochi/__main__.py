@@ -1,0 +1,5 @@
+"""``python -m mochi``: the ``mochi`` command."""
+
+from mochi.cli import main
+
+main()
