@@ -1,7 +1,7 @@
 """What an evaluation is asked to do: the config dataclasses of every frozen protocol and their checks.
 
 One place for the defaults of the backbone choice (:class:`BackboneSpec`), the data and feature pass
-(:class:`EvalData`), kNN (:class:`KnnConfig`) and the three linear protocols (protocols.md §3, §4). The
+(:class:`EvalData`), kNN (:class:`KnnConfig`) and the three linear protocols. The
 ``check_*`` functions reject impossible values before any data is read, raising
 :class:`~mochi.errors.ConfigError` with the field's name (the CLI names the flag).
 

@@ -9,7 +9,8 @@ Search backends return the same ``(sims, ids)``: ``faiss`` (exact inner product,
 index when a FAISS GPU build and a GPU are present) and ``torch`` (chunked matrix products + topk, on GPU
 when available).
 
-Defaults (DINO ``eval_knn.py``): k = 10, 20, 100, 200; T = 0.07. The headline is k = 20, T = 0.07.
+The defaults (DINO ``eval_knn.py``: k = 10, 20, 100, 200; T = 0.07; headline k = 20, T = 0.07) are in
+:mod:`mochi.eval.config`.
 """
 
 from __future__ import annotations
@@ -27,22 +28,7 @@ import torch.nn.functional as F
 
 from mochi.errors import ConfigError, MochiError
 
-from .config import BACKENDS, DEFAULT_KS, DEFAULT_TEMPERATURES, HEADLINE, KnnConfig
-
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_KS",
-    "DEFAULT_TEMPERATURES",
-    "HEADLINE",
-    "KnnConfig",
-    "check_settings",
-    "knn_classify",
-    "knn_vote",
-    "search",
-    "setting_name",
-    "resolve_backend",
-    "classification_metrics",
-]
+from .config import BACKENDS, DEFAULT_KS, DEFAULT_TEMPERATURES, HEADLINE, KnnConfig  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 

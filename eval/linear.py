@@ -10,7 +10,8 @@
   chosen on the held-out part, then refit on the whole training split (ssl-transfer / DINOv2).
 
 The two cached-feature protocols standardise features with the training mean and standard deviation, so
-that one lr / C grid fits every method's feature scale. Every default sits in the constants below.
+that one lr / C grid fits every method's feature scale. Every default sits in
+the protocol configs of :mod:`mochi.eval.config`.
 """
 
 from __future__ import annotations

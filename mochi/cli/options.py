@@ -126,14 +126,10 @@ def field_options(cls: type, table: dict[str, Flag]) -> Callable:
     return decorate
 
 
-def take(cls: type, options: dict[str, Any], table: dict[str, Flag] | None = None) -> Any:
+def take(cls: type, options: dict[str, Any]) -> Any:
     """Pop ``cls``'s fields out of the command's keyword arguments and build it."""
-    params = {name: (table[name].param if table and name in table else None) or name for name in _names(cls)}
-    return cls(**{name: options.pop(param) for name, param in params.items() if param in options})
-
-
-def _names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: options.pop(name) for name in names if name in options})
 
 
 # ---------------------------------------------------------------------------------------------------------
