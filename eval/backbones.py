@@ -14,35 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mochi.errors import MochiError
+from mochi.errors import ConfigError, MochiError
 from mochi.transfer import build_backbone, build_torchvision_resnet, load_backbone
 
+from .config import BackboneSpec
 
-@dataclass
-class BackboneSpec:
-    """Which backbone to evaluate: a checkpoint (any format :mod:`mochi.transfer` reads) or random init.
-
-    ``checkpoint`` xor ``random_init``; ``arch`` names what to build for random init (with a checkpoint it
-    asserts the inferred architecture); ``small_stem`` / ``init_seed`` apply to random init; ``encoder`` /
-    ``prefix`` pick the network inside a multi-encoder checkpoint; ``trust_checkpoint`` allows arbitrary
-    unpickling (trusted files only).
-    """
-
-    checkpoint: str | None = None
-    random_init: bool = False
-    arch: str | None = None
-    small_stem: bool = False
-    init_seed: int = 0
-    encoder: str | None = None
-    prefix: str | None = None
-    trust_checkpoint: bool = False
-
-    def load(self) -> EvalBackbone:
-        return load_eval_backbone(
-            self.checkpoint, random_init=self.random_init, arch=self.arch, small_stem=self.small_stem,
-            seed=self.init_seed, encoder=self.encoder, prefix=self.prefix,
-            trust_checkpoint=self.trust_checkpoint,
-        )  # fmt: skip
+__all__ = ["BackboneSpec", "EvalBackbone", "load_eval_backbone"]
 
 
 @dataclass
@@ -94,7 +71,7 @@ def load_eval_backbone(
         raise MochiError("pass a checkpoint path or --random-init (with --arch), exactly one of them")
     if random_init:
         if arch is None:
-            raise MochiError("--random-init needs --arch (e.g. --arch resnet18) to know what to build")
+            raise ConfigError("arch", "is needed with `random_init` to know what to build (e.g. resnet18)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_torchvision_resnet(arch, small_stem)

@@ -11,7 +11,6 @@ generators are local or restored (:func:`mochi.eval.linear.torch_seeded`), and t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,35 +21,12 @@ from mochi.transforms import eval_transform
 
 from . import knn as knn_lib
 from . import linear as linear_lib
-from .backbones import BackboneSpec, EvalBackbone
+from .backbones import EvalBackbone
+from .config import BackboneSpec, EvalData, check_backbone, check_data, check_knn, check_linear
 from .data import open_split
 from .features import FeatureCache, Features, get_features
 from .knn import KnnConfig
 from .records import make_record
-
-
-@dataclass
-class EvalData:
-    """Where the images come from and how features are computed (shared by every protocol)."""
-
-    data: str = "fashion-mnist"
-    data_root: str | None = None
-    subset: str | None = None
-    train_split: str = "train"
-    test_split: str = "test"
-    limit_train: int | None = None
-    limit_test: int | None = None
-    image_size: int = 224
-    crop_fraction: float | None = None
-    batch_size: int = 256
-    workers: int = 0
-    device: str = "auto"
-    amp: bool = True
-    cache_dir: str | None = None  # None: the default cache folder
-    no_cache: bool = False
-    dtype: str = "float32"
-    progress: bool = False
-    verify_cache: bool = False  # full checksum of cached features on every hit (size + time otherwise)
 
 
 def _split(cfg: EvalData, split: str, limit: int | None, transform):
@@ -100,6 +76,13 @@ def _features(backbone: EvalBackbone, cfg: EvalData, check=None) -> tuple[Featur
     return train, test, data, {"n_classes": n_classes}
 
 
+def _check(backbone: EvalBackbone | BackboneSpec, cfg: EvalData) -> None:
+    """Impossible values are reported before any checkpoint or image is read."""
+    if isinstance(backbone, BackboneSpec):
+        check_backbone(backbone)
+    check_data(cfg)
+
+
 def _backbone(backbone: EvalBackbone | BackboneSpec) -> EvalBackbone:
     return backbone.load() if isinstance(backbone, BackboneSpec) else backbone
 
@@ -110,6 +93,8 @@ def evaluate_knn(
     """One kNN record: ``metrics`` = headline ``top1/top5/mean_per_class`` (k=20, T=0.07 when requested) +
     ``headline`` (its setting name) + ``settings`` (``{"k20_T0.07": {...}, ...}`` for every pair)."""
     config = config or KnnConfig()
+    _check(backbone, cfg)
+    check_knn(config)
     ks, temperatures = tuple(config.ks), tuple(config.temperatures)
     backend, search_device = knn_lib.search_plan(config.backend, cfg.device)
     backbone = _backbone(backbone)
@@ -159,12 +144,9 @@ def evaluate_linear(
     """One linear record for ``config``'s protocol (``moco`` / ``sgd-grid`` / ``lbfgs``: the config
     dataclass names it, and carries the seed). ``metrics``: test ``top1/top5/mean_per_class`` plus the
     protocol's choices (best lr / C, held-out accuracy)."""
-    protocol = getattr(config, "protocol", None)
-    if protocol not in linear_lib.CONFIGS or not isinstance(config, linear_lib.CONFIGS[protocol]):
-        raise MochiError(
-            f"not a linear protocol config: {type(config).__name__}; use one of "
-            + ", ".join(c.__name__ for c in linear_lib.CONFIGS.values())
-        )
+    _check(backbone, cfg)
+    check_linear(config)
+    protocol = config.protocol
     seed = config.seed
     if protocol == "moco" and dist_utils.launched_by_torchrun():
         raise MochiError("the moco linear protocol runs in one process: start it without torchrun")

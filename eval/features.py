@@ -35,11 +35,12 @@ from mochi.errors import MochiError
 from mochi.io import atomic_write_json, sha256_file, write_problem
 
 from .backbones import EvalBackbone
+from .config import FEATURE_DTYPES
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-DTYPES = ("float16", "float32")
+DTYPES = FEATURE_DTYPES
 
 
 def default_cache_dir() -> Path:

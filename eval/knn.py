@@ -9,7 +9,8 @@ Search backends return the same ``(sims, ids)``: ``faiss`` (exact inner product,
 index when a FAISS GPU build and a GPU are present) and ``torch`` (chunked matrix products + topk, on GPU
 when available).
 
-Defaults (DINO ``eval_knn.py``): k = 10, 20, 100, 200; T = 0.07. The headline is k = 20, T = 0.07.
+The defaults (DINO ``eval_knn.py``: k = 10, 20, 100, 200; T = 0.07; headline k = 20, T = 0.07) are in
+:mod:`mochi.eval.config`.
 """
 
 from __future__ import annotations
@@ -19,31 +20,19 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from mochi.errors import MochiError
+from mochi.errors import ConfigError, MochiError
+
+from .config import BACKENDS, DEFAULT_KS, DEFAULT_TEMPERATURES, HEADLINE, KnnConfig  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KS = (10, 20, 100, 200)
-DEFAULT_TEMPERATURES = (0.07,)
-HEADLINE = (20, 0.07)
-BACKENDS = ("faiss", "torch")
 # Bound on one query chunk's similarity block (floats): 2^27 floats = 512 MiB at float32.
 MAX_BLOCK = 1 << 27
-
-
-@dataclass
-class KnnConfig:
-    """The kNN protocol's settings: every ``k`` and ``T`` is scored from one search for ``max(k)``."""
-
-    ks: tuple[int, ...] = DEFAULT_KS
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    backend: str = "faiss"  # "faiss" (exact inner product) or "torch"; faiss falls back to torch if absent
 
 
 def setting_name(k: int, temperature: float) -> str:
@@ -255,14 +244,16 @@ def usable_ks(ks: Sequence[int], n_train: int, *, default: bool) -> tuple[int, .
 
 def check_settings(ks: Sequence[int], temperatures: Sequence[float], n_train: int, n_classes: int) -> None:
     if not ks or not temperatures:
-        raise MochiError("give at least one k and one temperature")
+        raise ConfigError("ks" if not ks else "temperatures", "needs at least one value")
     if min(ks) < 1:
-        raise MochiError(f"every k must be >= 1, got {sorted(ks)}")
+        raise ConfigError("ks", f"needs every value positive, got {', '.join(map(str, sorted(ks)))}")
     if min(temperatures) <= 0:
-        raise MochiError(f"every temperature must be > 0, got {sorted(temperatures)}")
+        raise ConfigError(
+            "temperatures", f"needs every value positive, got {', '.join(map(str, sorted(temperatures)))}"
+        )
     if max(ks) > n_train:
-        raise MochiError(
-            f"k={max(ks)} exceeds the {n_train} training images: pass smaller --k values (at most {n_train})"
+        raise ConfigError(
+            "ks", f"{max(ks)} exceeds the {n_train} training images: pass values of at most {n_train}"
         )
     if n_classes < 2:
         raise MochiError("the training split holds a single class: classification accuracy is meaningless")

@@ -10,7 +10,8 @@
   chosen on the held-out part, then refit on the whole training split (ssl-transfer / DINOv2).
 
 The two cached-feature protocols standardise features with the training mean and standard deviation, so
-that one lr / C grid fits every method's feature scale. Every default sits in the constants below.
+that one lr / C grid fits every method's feature scale. Every default sits in
+the protocol configs of :mod:`mochi.eval.config`.
 """
 
 from __future__ import annotations
@@ -19,74 +20,19 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from mochi.errors import MochiError
+from mochi.errors import ConfigError, MochiError
 
+from .config import CONFIGS, PROTOCOLS, LbfgsConfig, LinearConfig, MocoLinearConfig, SgdGridConfig
 from .knn import classification_metrics
 
 logger = logging.getLogger(__name__)
-
-PROTOCOLS = ("moco", "sgd-grid", "lbfgs")
-
-
-@dataclass
-class MocoLinearConfig:
-    """Reference ``main_lincls.py`` defaults [C]; ``seed`` seeds the head's init and the data order."""
-
-    protocol: ClassVar[str] = "moco"
-    epochs: int = 100
-    lr: float = 30.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    lr_steps: tuple[int, ...] = (60, 80)
-    fc_init_std: float = 0.01
-    seed: int = 0
-
-
-@dataclass
-class SgdGridConfig:
-    """Heads trained together on cached features; lr per 256 images (linear scaling with the batch).
-
-    ``seed`` seeds the held-out split, the heads' init and the data order.
-    """
-
-    protocol: ClassVar[str] = "sgd-grid"
-    lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
-    epochs: int = 30
-    batch_size: int = 256
-    momentum: float = 0.9
-    val_fraction: float = 0.2
-    seed: int = 0
-
-
-@dataclass
-class LbfgsConfig:
-    """C = 10^linspace(-6, 5, 45) [ssl-transfer]; ``max_iter`` bounds each fit.
-
-    ``patience``: the sweep (increasing C) stops once held-out accuracy has not improved for this many
-    values in a row. The default 0 sweeps all 45 values, as the protocol; a small patience (e.g. 5) is a
-    documented shortcut: large C values are the slow fits and, past the optimum, only overfit.
-
-    ``blas_threads``: BLAS threads for the fits; 0 (auto) picks :func:`auto_blas_threads`.
-    ``seed``: the held-out split.
-    """
-
-    protocol: ClassVar[str] = "lbfgs"
-    c_values: tuple[float, ...] = field(default_factory=lambda: tuple(np.logspace(-6, 5, 45).tolist()))
-    max_iter: int = 1000
-    val_fraction: float = 0.2
-    patience: int = 0
-    blas_threads: int = 0
-    seed: int = 0
-
 
 # Below this many training-matrix elements a multi-threaded BLAS spends more on waking and syncing its
 # threads than on the products. benchmarks/bench_blas_threads.py measures it: on a 2-core CPU one thread
@@ -117,7 +63,7 @@ def torch_seeded(seed: int) -> Iterator[None]:
 def held_out_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified ``(train_idx, val_idx)``: ``fraction`` of each class (at least one image) held out."""
     if not 0 < fraction < 1:
-        raise MochiError(f"the held-out fraction must be in (0, 1), got {fraction}")
+        raise ConfigError("val_fraction", f"must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for c in np.unique(labels):
@@ -265,7 +211,7 @@ def linear_lbfgs(
     far fewer iterations), then the chosen C is refit on the whole training split."""
     cfg = config or LbfgsConfig()
     if cfg.blas_threads < 0:
-        raise MochiError(f"blas_threads must be 0 (auto) or a positive count, got {cfg.blas_threads}")
+        raise ConfigError("blas_threads", f"must be 0 (auto) or a positive count, got {cfg.blas_threads}")
     feats = np.asarray(train_features)
     threads = cfg.blas_threads or auto_blas_threads(*feats.shape)
     with threadpool_limits(limits=threads, user_api="blas"):
@@ -324,10 +270,6 @@ def _lbfgs_sweep(
         "c_tried": len(val_acc),
     }
     return metrics, details
-
-
-LinearConfig = MocoLinearConfig | SgdGridConfig | LbfgsConfig
-CONFIGS: dict[str, type] = {c.protocol: c for c in (MocoLinearConfig, SgdGridConfig, LbfgsConfig)}
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -19,32 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
+from mochi.constants import ARCHS, ArchSpec
 from mochi.errors import MochiError
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """One torchvision ResNet constructor: block type, blocks per stage, groups, width per group."""
-
-    bottleneck: bool
-    layers: tuple[int, int, int, int]
-    groups: int = 1
-    width_per_group: int = 64
-
-
-# torchvision.models.<name>() for each supported name (torchvision's own resnet.py constructors).
-ARCHS: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec(False, (2, 2, 2, 2)),
-    "resnet34": ArchSpec(False, (3, 4, 6, 3)),
-    "resnet50": ArchSpec(True, (3, 4, 6, 3)),
-    "resnet101": ArchSpec(True, (3, 4, 23, 3)),
-    "resnet152": ArchSpec(True, (3, 8, 36, 3)),
-    "wide_resnet50_2": ArchSpec(True, (3, 4, 6, 3), 1, 128),
-    "wide_resnet101_2": ArchSpec(True, (3, 4, 23, 3), 1, 128),
-    "resnext50_32x4d": ArchSpec(True, (3, 4, 6, 3), 32, 4),
-    "resnext101_32x8d": ArchSpec(True, (3, 4, 23, 3), 32, 8),
-    "resnext101_64x4d": ArchSpec(True, (3, 4, 23, 3), 64, 4),
-}
 
 HEAD_KEYS = ("fc.weight", "fc.bias")
 _BLOCK_RE = re.compile(r"^layer([1-4])\.(\d+)\.")

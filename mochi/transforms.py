@@ -11,11 +11,11 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
+from mochi.constants import AUGMENTATIONS
 from mochi.errors import MochiError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("aug-plus", "aug-plus-small")
 
 
 class GaussianBlur:

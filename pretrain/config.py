@@ -2,7 +2,10 @@
 
 Defaults are the MoCo-v2 reference (``main_moco.py --mlp --aug-plus --cos --moco-t 0.2``,
 docs/protocols.md#moco-v2-pretraining) and MoCHi's options (docs/protocols.md#mochi-hard-negative-mixing).
-``validate`` checks every constraint that can be checked before any data is read or any model is built.
+``validate`` checks every constraint that can be checked before any data is read or any model is built, and
+raises :class:`~mochi.errors.ConfigError` naming the field (the CLI names the flag).
+
+This module imports no torch: the command line builds its options from :class:`PretrainConfig`.
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mochi.errors import MochiError
-from mochi.resnet import ARCHS
-from mochi.transforms import AUGMENTATIONS
+from mochi.constants import ARCHS, AUGMENTATIONS
+from mochi.errors import ConfigError
 
 # Keys that define the model, its optimisation trajectory or its data: a resumed run must match them.
 RESUME_MUST_MATCH = (
@@ -31,9 +33,9 @@ RESUME_MUST_MATCH = (
     "weight_decay",
     "sgd_momentum",
     "schedule",
-    "mochi_n",
-    "mochi_s",
-    "mochi_s_prime",
+    "n_hard",
+    "s",
+    "s_prime",
     "mochi_warmup",
     "bn_splits",
     "seed",
@@ -43,6 +45,19 @@ RESUME_MUST_MATCH = (
     "aug",
     "image_size",
 )
+
+# Fields renamed since earlier runs wrote their config.json / checkpoints: old name -> field.
+RENAMED = {"mochi_n": "n_hard", "mochi_s": "s", "mochi_s_prime": "s_prime"}
+SCHEDULES = ("cos", "step")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# Smallest crop: aug+'s Gaussian blur (kernel >= 3, reflect padding 1) needs 2 px.
+MIN_IMAGE_SIZE = 2
+
+
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with renamed fields under their current names (``mochi_n`` -> ``n_hard``...)."""
+    return {RENAMED.get(k, k): v for k, v in d.items()}
 
 
 @dataclass
@@ -77,9 +92,9 @@ class PretrainConfig:
     schedule: str = "cos"  # "cos": lr·0.5·(1+cos(π·epoch/epochs)); "step": ×0.1 at lr_steps
     lr_steps: tuple[int, ...] = (120, 160)
     # --- MoCHi (N, s, s'); N = 0 disables mixing (plain MoCo-v2)
-    mochi_n: int = 0
-    mochi_s: int = 0
-    mochi_s_prime: int = 0
+    n_hard: int = 0  # N: hardest queue negatives per query
+    s: int = 0  # type-1 mixes of two hard negatives per query
+    s_prime: int = 0  # s': type-2 mixes of the query with a hard negative per query
     mochi_warmup: int = 10  # epochs of plain MoCo before mixing starts (reimplementations use 10)
     # --- runtime
     output: str = "runs/pretrain"
@@ -95,7 +110,7 @@ class PretrainConfig:
 
     @property
     def uses_mochi(self) -> bool:
-        return self.mochi_n > 0
+        return self.n_hard > 0
 
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
@@ -111,8 +126,16 @@ class PretrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> PretrainConfig:
+        """The config saved by :meth:`to_dict`, also under the old field names (:data:`RENAMED`).
+
+        Unknown keys are ignored, or raise :class:`ConfigError` when ``strict``.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
+        d = upgrade(d)
+        unknown = sorted(set(d) - names)
+        if strict and unknown:
+            raise ConfigError(unknown[0], "is not a pretraining option")
         kwargs = {k: v for k, v in d.items() if k in names}
         if "lr_steps" in kwargs:
             kwargs["lr_steps"] = tuple(kwargs["lr_steps"])
@@ -120,54 +143,63 @@ class PretrainConfig:
 
 
 def validate(cfg: PretrainConfig, world: int) -> None:
-    """Raise :class:`MochiError` for any impossible combination of options (``world`` = process count)."""
+    """Raise :class:`ConfigError` (naming the field) for any impossible value or combination of values.
+
+    ``world`` is the process count.
+    """
     if cfg.arch not in ARCHS:
-        raise MochiError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ConfigError("arch", f"{cfg.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
     if cfg.aug not in AUGMENTATIONS:
-        raise MochiError(f"unknown --aug {cfg.aug!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    for name in ("epochs", "batch_size", "queue_size", "dim", "image_size", "log_every", "save_every"):
+        raise ConfigError("aug", f"{cfg.aug!r} is unknown; choose one of {', '.join(AUGMENTATIONS)}")
+    for name, choices in (("schedule", SCHEDULES), ("device", DEVICES), ("amp", AMP_MODES)):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(name, f"{getattr(cfg, name)!r} is unknown; choose one of {', '.join(choices)}")
+    for name in ("epochs", "batch_size", "queue_size", "dim", "log_every", "save_every", "base_lr"):
         if getattr(cfg, name) <= 0:
-            raise MochiError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+            raise ConfigError(name, f"must be positive, got {getattr(cfg, name)}")
+    for name in ("lr", "stop_after", "limit", "bn_splits"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise ConfigError(name, f"must be positive, got {getattr(cfg, name)}")
+    for name in ("weight_decay", "sgd_momentum", "workers", "seed", "keep_last", "mochi_warmup"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)}")
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
     if not 0.0 <= cfg.momentum < 1.0:
-        raise MochiError(f"--moco-m must be in [0, 1), got {cfg.momentum}")
+        raise ConfigError("momentum", f"must be in [0, 1), got {cfg.momentum}")
     if cfg.temperature <= 0:
-        raise MochiError(f"--moco-t must be positive, got {cfg.temperature}")
+        raise ConfigError("temperature", f"must be positive, got {cfg.temperature}")
+    if any(m < 0 for m in cfg.lr_steps):
+        raise ConfigError("lr_steps", f"must be epochs >= 0, got {list(cfg.lr_steps)}")
     if cfg.batch_size % world != 0:
-        raise MochiError(
-            f"--batch-size {cfg.batch_size} (global) is not divisible by the {world} processes; "
-            f"use a multiple of {world}"
+        raise ConfigError(
+            "batch_size",
+            f"{cfg.batch_size} (global) is not divisible by the {world} processes; use a multiple of {world}",
         )
     per_rank = cfg.batch_size // world
     splits = cfg.resolved_bn_splits(world)
-    if splits <= 0 or per_rank % splits != 0:
-        raise MochiError(
-            f"--bn-splits {splits} must divide the per-process batch {per_rank}; "
-            "pass --bn-splits with a divisor of it (1 disables split BN)"
+    if per_rank % splits != 0:
+        raise ConfigError(
+            "bn_splits",
+            f"{splits} must divide the per-process batch {per_rank}; "
+            "pass a divisor of it (1 disables split BN)",
         )
     if cfg.queue_size % cfg.batch_size != 0:
-        raise MochiError(
-            f"queue size K={cfg.queue_size} is not a multiple of the global batch {cfg.batch_size} "
-            f"(--batch-size, summed over {world} processes); choose e.g. --moco-k "
-            f"{max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size}"
+        raise ConfigError(
+            "queue_size",
+            f"{cfg.queue_size} is not a multiple of the global batch {cfg.batch_size} "
+            f"(`batch_size`, summed over {world} processes), as the queue size K must be; choose e.g. "
+            f"{max(1, cfg.queue_size // cfg.batch_size) * cfg.batch_size}",
         )
-    if cfg.mochi_n < 0 or cfg.mochi_s < 0 or cfg.mochi_s_prime < 0:
-        raise MochiError("--mochi-n, --mochi-s and --mochi-s-prime must be >= 0")
-    if cfg.mochi_n == 0 and (cfg.mochi_s or cfg.mochi_s_prime):
-        raise MochiError("--mochi-s / --mochi-s-prime need --mochi-n N > 0 (the hard set to mix from)")
-    if cfg.mochi_n > cfg.queue_size:
-        raise MochiError(
-            f"--mochi-n {cfg.mochi_n} exceeds the queue size K={cfg.queue_size}: the hardest N negatives are "
-            "taken from the queue, so N must be <= K; lower --mochi-n or raise --moco-k"
+    for name in ("n_hard", "s", "s_prime"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)}")
+    for name in ("s", "s_prime"):
+        if cfg.n_hard == 0 and getattr(cfg, name):
+            raise ConfigError(name, "needs `n_hard` N > 0 (the hard set to mix from)")
+    if cfg.n_hard > cfg.queue_size:
+        raise ConfigError(
+            "n_hard",
+            f"{cfg.n_hard} exceeds the queue size K={cfg.queue_size}: the hardest N negatives are taken "
+            "from the queue, so N must be <= K; lower it or raise `queue_size`",
         )
-    if cfg.mochi_warmup < 0:
-        raise MochiError(f"--mochi-warmup must be >= 0, got {cfg.mochi_warmup}")
-    if cfg.schedule not in ("cos", "step"):
-        raise MochiError(f"unknown --schedule {cfg.schedule!r}; choose cos or step")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise MochiError(f"unknown --device {cfg.device!r}; choose auto, cpu or cuda")
-    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
-        raise MochiError(f"unknown --amp {cfg.amp!r}; choose auto, bf16, fp16 or off")
-    if cfg.keep_last < 0:
-        raise MochiError("--keep-last must be >= 0 (0 keeps every checkpoint)")
-    if cfg.stop_after is not None and cfg.stop_after <= 0:
-        raise MochiError("--stop-after must be positive")

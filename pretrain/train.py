@@ -9,7 +9,6 @@ exactly what an uninterrupted run would have done (bit-identical on CPU).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -17,7 +16,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,16 +24,23 @@ from tqdm import tqdm
 
 from mochi import distributed as dist_utils
 from mochi.data import LimitedDataset, load_dataset
-from mochi.errors import MochiError
-from mochi.io import atomic_write_json, atomic_write_text
+from mochi.errors import ConfigError, MochiError
+from mochi.io import atomic_write_json
 from mochi.pretrain.checkpoint import (
     build_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, validate
+from mochi.pretrain.config import PretrainConfig, validate
 from mochi.pretrain.moco import MochiParams, MoCo
+from mochi.pretrain.run_dir import (
+    MetricsLogger,
+    check_resume_arch,
+    check_resume_config,
+    check_resume_state,
+    prepare_run_dir,
+    remove_orphan_temporaries,
+)
 from mochi.transforms import TwoCrops, build_augmentation
 
 log = logging.getLogger("mochi.pretrain")
@@ -65,154 +70,13 @@ def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
 def amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         if cfg.amp in ("bf16", "fp16"):
-            raise MochiError(
-                f"--amp {cfg.amp} needs a GPU; on CPU training runs in fp32 (use --amp auto/off)"
-            )
+            raise ConfigError("amp", f"{cfg.amp} needs a GPU; on CPU training runs in fp32 (use auto or off)")
         return None
     if cfg.amp == "off":
         return None
     if cfg.amp == "fp16" or (cfg.amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
-
-
-_RUN_FILES = ("config.json", "metrics.jsonl")
-
-
-def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
-    """Decide where to write and what to resume from, refusing to clobber or mix runs.
-
-    A run directory belongs to one run: it is written only when it is empty (new run), when it holds the
-    run being resumed (``--resume auto``, or ``--resume PATH`` with PATH inside it), never otherwise.
-    """
-    run_dir = Path(cfg.output)
-    existing = list_checkpoints(run_dir)
-    leftovers = [name for name in _RUN_FILES if (run_dir / name).exists()]
-    if not existing and leftovers and (cfg.resume is None or cfg.resume == "auto"):
-        raise MochiError(
-            f"{run_dir} holds {' and '.join(leftovers)} of an earlier run but no checkpoint: nothing to "
-            "resume, and starting over would overwrite them. Choose another --output, or delete that "
-            "folder to start again"
-        )
-    if cfg.resume is None:
-        if existing:
-            raise MochiError(
-                f"{run_dir} already holds checkpoints ({existing[-1].name}); pass --resume auto to continue "
-                "that run, or choose another --output"
-            )
-        return run_dir, None
-    if cfg.resume == "auto":
-        return run_dir, (existing[-1] if existing else None)
-    resume = Path(cfg.resume)
-    other = existing or leftovers
-    if other and resume.resolve().parent != run_dir.resolve():
-        raise MochiError(
-            f"--resume {resume} belongs to the run in {resume.parent}, but --output {run_dir} holds another "
-            f"run ({(existing[-1].name if existing else leftovers[0])}): resuming would mix the two. Pass "
-            f"--output {resume.parent} to continue that run, or an empty --output to branch off it"
-        )
-    return run_dir, resume
-
-
-def _check_resume_arch(ckpt: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
-    saved = ckpt.get("arch")
-    if isinstance(saved, str) and saved != cfg.arch:
-        raise MochiError(
-            f"cannot resume from {path}: it holds a {saved} but this run builds a {cfg.arch}; pass "
-            f"--arch {saved} (and the run's other options) to continue it"
-        )
-
-
-def _check_resume_state(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
-    """One clear line instead of torch's list of every mismatched tensor."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{label} {len(keys)} (e.g. {keys[0]})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
-            if keys
-        ]
-        raise MochiError(
-            f"cannot resume from {path}: its tensors do not fit this model ({'; '.join(parts)}). Resume with "
-            "the options of the run that wrote it (architecture, --small-stem, --moco-dim, --mlp, --moco-k)"
-        )
-
-
-def _remove_orphan_temporaries(run_dir: Path) -> None:
-    """Half-written files of a process killed while saving (``.<name>.<random>.tmp``): never complete,
-    never read, removed when the run starts again."""
-    for pattern in (".checkpoint_*.pth.tar.*.tmp", ".config.json.*.tmp", ".metrics.jsonl.*.tmp"):
-        for orphan in run_dir.glob(pattern):
-            log.info("removing %s, left by an interrupted save", orphan.name)
-            orphan.unlink(missing_ok=True)
-
-
-def _check_resume_config(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
-    diff = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != cfg.to_dict()[k]]
-    if diff:
-        details = ", ".join(f"{k}: {saved[k]!r} -> {cfg.to_dict()[k]!r}" for k in diff)
-        raise MochiError(
-            f"cannot resume from {path}: options differ from the saved run ({details}); "
-            "resume with the original options or start a new --output"
-        )
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``. A torn last line (the process was killed mid-write) is dropped
-    with a warning; a damaged line before the last is an error naming the file and line."""
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                log.warning("%s: dropping a torn last line (the run was stopped mid-write)", path)
-                continue
-            raise MochiError(
-                f"{path} line {number} is not JSON: the metrics file is damaged. Repair or remove that line"
-            ) from None
-    return records
-
-
-class _Logger:
-    """metrics.jsonl (one JSON object per line) plus TensorBoard scalars when tensorboard is installed."""
-
-    def __init__(self, run_dir: Path, start_epoch: int, enabled: bool, first_step: int = 0) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.exists():  # resuming: drop records of epochs that will be replayed
-            keep = [r for r in read_metrics(self.path) if r.get("epoch", 0) < start_epoch]
-            atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-        with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter
-
-            # On resume, points from the replayed steps onwards are purged, so no curve holds them twice.
-            purge = first_step + 1 if start_epoch > 0 else None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
-
-    def write(self, record: dict[str, Any], step: int) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-        if self.tb is not None:
-            prefix = record["type"]
-            for k, v in record.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def pretrain(cfg: PretrainConfig, show_progress: bool = True) -> PretrainResult:
@@ -233,15 +97,15 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     world, rank = dist_utils.world_size(), dist_utils.rank()
     validate(cfg, world)
     dtype = amp_dtype(cfg, device)
-    run_dir, resume_from = _prepare_run_dir(cfg)
+    run_dir, resume_from = prepare_run_dir(cfg)
     if dist_utils.is_main():
-        _remove_orphan_temporaries(run_dir)
+        remove_orphan_temporaries(run_dir)
     main = dist_utils.is_main()
     # The checkpoint to resume is read and checked before the data: a wrong file fails in seconds.
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     if ckpt is not None:
-        _check_resume_config(ckpt.get("mochi", {}).get("config", {}), cfg, resume_from)
-        _check_resume_arch(ckpt, cfg, resume_from)
+        check_resume_config(ckpt.get("mochi", {}).get("config", {}), cfg, resume_from)
+        check_resume_arch(ckpt, cfg, resume_from)
 
     # Data first: a missing or empty dataset is reported before any model is built.
     transform = TwoCrops(build_augmentation(cfg.aug, cfg.image_size))
@@ -278,7 +142,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     )
 
     torch.manual_seed(cfg.seed)  # identical initial weights and queue on every rank
-    mochi = MochiParams(cfg.mochi_n, cfg.mochi_s, cfg.mochi_s_prime) if cfg.uses_mochi else None
+    mochi = MochiParams(cfg.n_hard, cfg.s, cfg.s_prime) if cfg.uses_mochi else None
     model = MoCo(
         arch=cfg.arch,
         dim=cfg.dim,
@@ -305,7 +169,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     start_epoch = 0
     if ckpt is not None:
         state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
-        _check_resume_state(model, state, resume_from)
+        check_resume_state(model, state, resume_from)
         model.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
         meta = ckpt.get("mochi", {})
@@ -339,7 +203,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
                 "loader_workers": cfg.workers,
             },
         )
-    logger = _Logger(run_dir, start_epoch, enabled=main, first_step=start_epoch * steps_per_epoch)
+    logger = MetricsLogger(run_dir, start_epoch, enabled=main, first_step=start_epoch * steps_per_epoch)
 
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     last_ckpt: Path | None = resume_from
@@ -405,7 +269,7 @@ def _train_one_epoch(
     lr: float,
     mix: bool,
     steps: int,
-    logger: _Logger,
+    logger: MetricsLogger,
     show_progress: bool,
     dataset,
 ) -> dict[str, float]:

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mochi.errors import MochiError
+from mochi.errors import ConfigError, MochiError
 from mochi.eval import knn
 from mochi.eval.knn import classification_metrics, knn_classify, knn_vote, search
 
@@ -52,12 +52,14 @@ def test_one_search_equals_a_search_per_k():
 
 def test_meaningless_settings_are_clear_errors():
     x_tr, y_tr, x_te, y_te = _bank(n=50)
-    with pytest.raises(MochiError, match="exceeds the 50 training images"):
+    with pytest.raises(ConfigError, match="200 exceeds the 50 training images") as err:
         knn_classify(x_tr, y_tr, x_te, y_te, ks=(10, 200))
+    assert err.value.field == "ks"
     with pytest.raises(MochiError, match="single class"):
         knn_classify(x_tr, np.zeros(50, dtype=int), x_te, y_te, ks=(10,))
-    with pytest.raises(MochiError, match="temperature"):
+    with pytest.raises(ConfigError, match="needs every value positive, got 0.0") as err:
         knn_classify(x_tr, y_tr, x_te, y_te, ks=(10,), temperatures=(0.0,))
+    assert err.value.field == "temperatures"
 
 
 def test_metrics_few_classes_and_mean_per_class():

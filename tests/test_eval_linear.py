@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mochi.errors import MochiError
+from mochi.errors import ConfigError
 from mochi.eval.backbones import load_eval_backbone
 from mochi.eval.data import open_split
 from mochi.eval.features import get_features
@@ -116,8 +116,9 @@ def test_lbfgs_fits_run_under_the_blas_thread_limit(feats, monkeypatch, requeste
 
 def test_lbfgs_rejects_a_negative_thread_count(feats):
     train, test = feats
-    with pytest.raises(MochiError, match="blas_threads"):
+    with pytest.raises(ConfigError, match="must be 0 .auto. or a positive count, got -1") as err:
         linear_lbfgs(train.features, train.labels, test.features, test.labels, LbfgsConfig(blas_threads=-1))
+    assert err.value.field == "blas_threads"
 
 
 @pytest.fixture(scope="module")

@@ -139,11 +139,11 @@ def test_bad_options_give_clear_errors(tmp_path):
     res = run_cli([*TINY, "--moco-k", "64", "--mochi-n", "65", "-o", str(out)])
     assert res.exit_code == 1 and "--mochi-n 65 exceeds the queue size K=64" in res.output
     res = run_cli([*TINY, "--moco-k", "100", "-o", str(out)])
-    assert res.exit_code == 1 and "K=100 is not a multiple of the global batch 32" in res.output
+    assert res.exit_code == 1 and "--moco-k 100 is not a multiple of the global batch 32" in res.output
     res = run_cli([*TINY, "--bn-splits", "3", "-o", str(out)])
     assert res.exit_code == 1 and "--bn-splits 3 must divide the per-process batch 32" in res.output
     res = run_cli([*TINY, "--mochi-s", "4", "-o", str(out)])
-    assert res.exit_code == 1 and "need --mochi-n" in res.output
+    assert res.exit_code == 1 and "--mochi-s needs --mochi-n N > 0" in res.output
     assert not out.exists()  # nothing written
 
 
@@ -312,3 +312,50 @@ def test_resume_with_other_shapes_is_one_line(tmp_path):
                    "-o", str(tmp_path / "new")])  # fmt: skip
     assert res.exit_code == 1 and "its tensors do not fit this model (other shapes" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_config_replay_overrides_and_reproduces(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run_cli([*TINY, "--epochs", "1", "--mochi-n", "16", "--mochi-s", "8", "-o", str(a)]).exit_code == 0
+    # flags typed override the replayed config; everything else is the saved run's
+    res = run_cli(["--config", str(a / "config.json"), "--epochs", "2", "-q", "-o", str(b)])
+    assert res.exit_code == 0, res.output
+    saved, replayed = json.loads((a / "config.json").read_text()), json.loads((b / "config.json").read_text())
+    assert replayed["config"]["epochs"] == 2 and replayed["config"]["output"] == str(b)
+    for run in (saved, replayed):
+        del run["config"]["epochs"], run["config"]["output"]
+    assert replayed == saved
+    # nothing overridden but the output: the same weights, bit for bit
+    res = run_cli(["--config", str(a / "config.json"), "-q", "-o", str(c)])
+    assert res.exit_code == 0, res.output
+    ca = torch.load(a / "checkpoint_0000.pth.tar", weights_only=True)
+    cc = torch.load(c / "checkpoint_0000.pth.tar", weights_only=True)
+    assert ca["state_dict"].keys() == cc["state_dict"].keys()
+    for k, v in ca["state_dict"].items():
+        assert torch.equal(v, cc["state_dict"][k]), k
+
+
+def test_runs_saved_under_old_field_names_resume(tmp_path):
+    out = tmp_path / "old"
+    args = [*TINY, "--epochs", "2", "--mochi-n", "16", "--mochi-s", "8", "--mochi-warmup", "0"]
+    assert run_cli([*args, "--stop-after", "1", "-o", str(out)]).exit_code == 0
+    # rewrite the checkpoint and config.json as an earlier version wrote them (mochi_n, mochi_s, ...)
+    path = out / "checkpoint_0000.pth.tar"
+    ckpt = torch.load(path, weights_only=True)
+    old = {{"n_hard": "mochi_n", "s": "mochi_s", "s_prime": "mochi_s_prime"}.get(k, k): v
+           for k, v in ckpt["mochi"]["config"].items()}  # fmt: skip
+    ckpt["mochi"]["config"] = old
+    torch.save(ckpt, path)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "config": old}))
+    # a replay of the old config.json reads the old names
+    res = run_cli(["--config", str(out / "config.json"), "--epochs", "1", "-q", "-o", str(tmp_path / "new")])
+    assert res.exit_code == 0, res.output
+    new = json.loads((tmp_path / "new" / "config.json").read_text())["config"]
+    assert (new["n_hard"], new["s"], new["s_prime"]) == (16, 8, 0)
+    # resuming compares the old names with the new ones
+    res = run_cli([*args[:-6], "--mochi-n", "8", "--mochi-s", "8", "--mochi-warmup", "0", "--resume", "auto",
+                   "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 1 and "n_hard: 16 -> 8" in res.output
+    res = run_cli([*args, "--resume", "auto", "-o", str(out)])
+    assert res.exit_code == 0, res.output

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 from mochi import __version__
+from mochi.constants import EXPORT_TARGETS
 from mochi.errors import MochiError
 from mochi.io import atomic_torch_save
 
 from .backbone import BackboneReport, inspect_checkpoint
 from .detectron2.names import write_detectron2_pkl
 
-TARGETS = ("torchvision", "detectron2")
+TARGETS = EXPORT_TARGETS
 
 
 def default_author(report: BackboneReport) -> str:

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from mochi import layout
+from mochi.constants import ENCODERS
 from mochi.errors import MochiError
 
 from .detectron2.names import CAFFE2_HINT, d2_to_tv_name
 
-ENCODERS = ("query", "key", "teacher", "student")
 _ANCHORS = {
     "torchvision": "layer1.0.conv1.weight",
     "lightly": "4.0.conv1.weight",

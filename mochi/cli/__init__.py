@@ -1,18 +1,73 @@
-"""The ``mochi`` command: one click group, one small module per subcommand.
+"""The ``mochi`` command: one click group, one small module per subcommand, imported on first use.
 
 Each subcommand parses options, calls one library function and prints or writes its result.
 A :class:`~mochi.errors.MochiError` raised by the library becomes ``Error: <message>`` and exit 1.
+``mochi --help`` lists the subcommands from :data:`COMMANDS` without importing them (nor torch).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from mochi import __version__
 from mochi.errors import MochiError
 
+# name -> ("module:command", the first line of the command's help, listed by ``mochi --help``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": (
+        "mochi.cli.pretrain:pretrain_cmd",
+        "Pretrain a ResNet with MoCo-v2, or MoCHi when --mochi-n > 0.",
+    ),
+    "knn": (
+        "mochi.cli.knn:knn_cmd",
+        "kNN top-1 / top-5 of CHECKPOINT (or --random-init) with the InstDisc weighted vote.",
+    ),
+    "linear": (
+        "mochi.cli.linear:linear_cmd",
+        "Linear top-1 / top-5 of CHECKPOINT (or --random-init); the record names the protocol.",
+    ),
+    "detect": (
+        "mochi.cli.detect:detect_cmd",
+        "Fine-tune and evaluate a detector from CHECKPOINT once per seed (OVERRIDES: Detectron2 KEY VALUE).",
+    ),
+    "export": (
+        "mochi.cli.export:export_cmd",
+        "Write CHECKPOINT's ResNet backbone for torchvision or Detectron2, after a strict load check.",
+    ),
+    "inspect": (
+        "mochi.cli.inspect:inspect_cmd",
+        "Report CHECKPOINT's format, prefix, encoder, architecture and tensors (exit 1 if it does not load).",
+    ),
+    "results": (
+        "mochi.cli.results:results_cmd",
+        "List the records in RESULTS_DIR (oldest first), one row each.",
+    ),
+}
 
-class _Group(click.Group):
+
+class LazyGroup(click.Group):
+    """Subcommands by name, imported when one runs (or shows its own help)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [
+            (name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit)) for name in names
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -20,29 +75,7 @@ class _Group(click.Group):
             raise click.ClickException(str(err)) from None
 
 
-@click.group(cls=_Group, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mochi")
 def main() -> None:
     """mochi: MoCo-v2 / MoCHi pretraining and downstream transfer evaluation."""
-
-
-def _register() -> None:
-    # Subcommands are added here, one module each under mochi/cli/.
-    from mochi.cli.detect import detect_cmd
-    from mochi.cli.export import export_cmd
-    from mochi.cli.inspect import inspect_cmd
-    from mochi.cli.knn import knn_cmd
-    from mochi.cli.linear import linear_cmd
-    from mochi.cli.pretrain import pretrain
-    from mochi.cli.results import results_cmd
-
-    main.add_command(pretrain)
-    main.add_command(export_cmd)
-    main.add_command(inspect_cmd)
-    main.add_command(knn_cmd)
-    main.add_command(linear_cmd)
-    main.add_command(results_cmd)
-    main.add_command(detect_cmd)
-
-
-_register()

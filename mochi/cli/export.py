@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from mochi.cli.options import checkpoint_options
-from mochi.transfer.export import TARGETS, export_backbone
+from mochi.cli.options import CHECKPOINT_FIELDS, Command, backbone_options
+from mochi.constants import EXPORT_TARGETS
 
 
-@click.command("export")
+@click.command("export", cls=Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--to", "to", type=click.Choice(TARGETS), required=True, help="Output layout.")
+@click.option("--to", "to", type=click.Choice(EXPORT_TARGETS), required=True, help="Output layout.")
 @click.option(
     "-o",
     "--output",
@@ -18,7 +18,7 @@ from mochi.transfer.export import TARGETS, export_backbone
     required=True,
     help="Output file (.pkl for detectron2).",
 )
-@checkpoint_options
+@backbone_options(CHECKPOINT_FIELDS)
 @click.option(
     "--keep-head", is_flag=True, help="detectron2: keep the fc / projector head (as stem.fc.* etc.)."
 )
@@ -30,6 +30,8 @@ def export_cmd(
     checkpoint, to, output, encoder, prefix, arch, trust_checkpoint, keep_head, author, force
 ) -> None:
     """Write CHECKPOINT's ResNet backbone for torchvision or Detectron2, after a strict load check."""
+    from mochi.transfer.export import export_backbone
+
     report = export_backbone(
         checkpoint,
         output,

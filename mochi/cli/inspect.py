@@ -6,17 +6,18 @@ import json
 
 import click
 
-from mochi.cli.options import checkpoint_options
+from mochi.cli.options import CHECKPOINT_FIELDS, Command, backbone_options
 from mochi.errors import MochiError
-from mochi.transfer.backbone import inspect_checkpoint
 
 
-@click.command("inspect")
+@click.command("inspect", cls=Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@checkpoint_options
+@backbone_options(CHECKPOINT_FIELDS)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(checkpoint, encoder, prefix, arch, trust_checkpoint, as_json) -> None:
     """Report CHECKPOINT's format, prefix, encoder, architecture and tensors (exit 1 if it does not load)."""
+    from mochi.transfer.backbone import inspect_checkpoint
+
     _, _, report = inspect_checkpoint(
         checkpoint, encoder=encoder, prefix=prefix, arch=arch, trust_checkpoint=trust_checkpoint
     )

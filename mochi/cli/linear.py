@@ -1,54 +1,112 @@
-"""``mochi linear``: linear classification on a frozen backbone (moco / sgd-grid / lbfgs); one record."""
+"""``mochi linear``: linear classification on a frozen backbone (moco / sgd-grid / lbfgs); one record.
+
+Each protocol's options are fields of its config dataclass (:mod:`mochi.eval.config`); an option's default
+is its protocol's, and an option the chosen protocol does not have is an error.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Any
 
 import click
 
-from mochi.cli.eval_options import backbone_options, data_options, parse_list, split_backbone, split_data
-from mochi.eval.linear import LbfgsConfig, MocoLinearConfig, SgdGridConfig
+from mochi.cli.options import (
+    Command,
+    Flag,
+    backbone_options,
+    data_options,
+    errors_as,
+    field_default,
+    field_types,
+    flag,
+    flag_name,
+    format_default,
+    make_option,
+    take,
+    take_data,
+)
+from mochi.eval.config import CONFIGS, PROTOCOLS, BackboneSpec
 
-_M, _S, _L = MocoLinearConfig(), SgdGridConfig(), LbfgsConfig()
+# Field of the protocol configs -> flags and help (the protocols having the field prefix the help).
+LINEAR_FLAGS = {
+    "epochs": flag("--epochs", help="training epochs."),
+    "lr": flag("--lr", help="learning rate."),
+    "lr_steps": flag("--lr-steps", help="epochs where the lr is multiplied by 0.1."),
+    # --batch-size is the feature pass's (EvalData.batch_size)
+    "batch_size": flag("--linear-batch-size", param="linear_batch_size", help="training batch."),
+    "weight_decay": flag("--wd", help="weight decay."),
+    "lrs": flag("--lrs", help="learning rates (per 256 images)."),
+    "weight_decays": flag("--wds", help="weight decays."),
+    "val_fraction": flag("--val-fraction", help="held-out part of the training split."),
+    "c_values": flag("--c-values", default_text="10^linspace(-6, 5, 45)", help="C values."),
+    "max_iter": flag("--max-iter", help="iterations per fit."),
+    "patience": flag(
+        "--patience", help="stop the C sweep after this many values without improvement (0: all)."
+    ),
+    "blas_threads": flag(
+        "--blas-threads", help="BLAS threads for the fits (0: auto, one thread for a small problem)."
+    ),
+    "seed": flag("--seed", help="seed of the held-out split and of training."),
+}
+PARAMS = {field: spec.param or field for field, spec in LINEAR_FLAGS.items()}
 
 
-def _csv(values) -> str:
-    return ",".join(f"{v:g}" for v in values)
+def protocols_of(field: str) -> list[str]:
+    return [p for p in PROTOCOLS if field in {f.name for f in dataclasses.fields(CONFIGS[p])}]
 
 
-@click.command("linear")
-@backbone_options
+def protocol_option(field: str, spec: Flag):
+    """``field``'s option for every protocol having it: default None (= the protocol's own default)."""
+    protocols = protocols_of(field)
+    cls = CONFIGS[protocols[0]]
+    defaults = {}
+    for p in protocols:
+        f = next(f for f in dataclasses.fields(CONFIGS[p]) if f.name == field)
+        defaults[p] = None if f.default_factory is not dataclasses.MISSING else field_default(f)
+    if spec.default_text is None:
+        texts = {p: format_default(v) for p, v in defaults.items()}
+        shown = next(iter(texts.values())) if len(set(texts.values())) == 1 else None
+        spec = dataclasses.replace(
+            spec, default_text=shown or ", ".join(f"{p} {t}" for p, t in texts.items())
+        )
+    scope = "all protocols" if len(protocols) == len(PROTOCOLS) else " / ".join(protocols)
+    spec = dataclasses.replace(spec, help=f"{scope}: {spec.help}")
+    return make_option(field, spec, field_types(cls)[field], None)
+
+
+def protocol_options(f):
+    for field, spec in reversed(LINEAR_FLAGS.items()):
+        f = protocol_option(field, spec)(f)
+    return f
+
+
+def linear_config(ctx: click.Context, protocol: str, options: dict[str, Any]):
+    """The protocol's config: its dataclass defaults, with the options given; others are an error."""
+    cls = CONFIGS[protocol]
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {field: options.pop(param) for field, param in PARAMS.items()}
+    for field, value in given.items():
+        if value is not None and field not in names:
+            raise click.UsageError(
+                f"{flag_name(ctx, field, PARAMS)} applies to --protocol {' / '.join(protocols_of(field))}, "
+                f"not {protocol}"
+            )
+    return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+@click.command("linear", cls=Command)
+@click.argument("checkpoint", required=False)
+@backbone_options()
 @data_options
 @click.option(
-    "--protocol",
-    default="sgd-grid",
-    type=click.Choice(["moco", "sgd-grid", "lbfgs"]),
+    "--protocol", default="sgd-grid", type=click.Choice(PROTOCOLS),
     help="moco: reference (augmented images, lr 30, 100 epochs); sgd-grid / lbfgs: on cached features.",
-)
-@click.option("--seed", default=0, type=int, help="Seed of the held-out split and of training.")
-@click.option(
-    "--epochs", default=None, type=int, help=f"Epochs  [default: moco {_M.epochs}, sgd-grid {_S.epochs}]"
-)
-@click.option("--lr", default=_M.lr, type=float, help="moco: learning rate.")
-@click.option("--lr-steps", default=_csv(_M.lr_steps), help="moco: epochs where the lr is multiplied by 0.1.")
-@click.option("--linear-batch-size", default=_M.batch_size, type=int, help="moco / sgd-grid: training batch.")
-@click.option("--wd", default=_M.weight_decay, type=float, help="moco: weight decay.")
-@click.option("--lrs", default=_csv(_S.lrs), help="sgd-grid: learning rates (per 256 images).")
-@click.option("--wds", default=_csv(_S.weight_decays), help="sgd-grid: weight decays.")
-@click.option("--val-fraction", default=_S.val_fraction, type=float, help="sgd-grid / lbfgs: held-out part.")
-@click.option("--c-values", default=None, help="lbfgs: C values  [default: 10^linspace(-6, 5, 45)]")
-@click.option("--max-iter", default=_L.max_iter, type=int, help="lbfgs: iterations per fit.")
-@click.option(
-    "--patience",
-    default=_L.patience,
-    type=int,
-    help="lbfgs: stop the C sweep after this many values without improvement (0: sweep all).",
-)
-@click.option(
-    "--blas-threads", default=_L.blas_threads, type=click.IntRange(min=0),
-    help="lbfgs: BLAS threads for the fits (0: auto, one thread for a small problem).",
 )  # fmt: skip
-def linear_cmd(protocol: str, seed: int, **options) -> None:
+@protocol_options
+@click.pass_context
+def linear_cmd(ctx: click.Context, protocol: str, **options) -> None:
     """Linear top-1 / top-5 of CHECKPOINT (or --random-init); the record names the protocol.
 
     \b
@@ -57,40 +115,16 @@ def linear_cmd(protocol: str, seed: int, **options) -> None:
       mochi linear ckpt.pth.tar --protocol sgd-grid --data /data/imagenet --test-split val
       mochi linear ckpt.pth.tar --protocol moco --data /data/imagenet --test-split val -j 16
     """
-    from mochi.eval.backbones import BackboneSpec
+    from mochi.eval.config import check_linear
     from mochi.eval.evaluate import evaluate_linear
     from mochi.eval.records import write_records
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    epochs, batch = options.pop("epochs"), options.pop("linear_batch_size")
-    lr, wd = options.pop("lr"), options.pop("wd")
-    lr_steps = parse_list(options.pop("lr_steps"), int, "--lr-steps")
-    lrs, wds = parse_list(options.pop("lrs"), float, "--lrs"), parse_list(options.pop("wds"), float, "--wds")
-    val_fraction, c_values = options.pop("val_fraction"), options.pop("c_values")
-    max_iter, patience = options.pop("max_iter"), options.pop("patience")
-    blas_threads = options.pop("blas_threads")
-    if protocol == "moco":
-        config = MocoLinearConfig(
-            epochs=epochs or _M.epochs,
-            lr=lr,
-            weight_decay=wd,
-            batch_size=batch,
-            lr_steps=tuple(lr_steps),
-            seed=seed,
-        )
-    elif protocol == "sgd-grid":
-        config = SgdGridConfig(
-            lrs=tuple(lrs), weight_decays=tuple(wds), epochs=epochs or _S.epochs, batch_size=batch,
-            val_fraction=val_fraction, seed=seed,
-        )  # fmt: skip
-    else:
-        cs = tuple(parse_list(c_values, float, "--c-values")) if c_values else _L.c_values
-        config = LbfgsConfig(
-            c_values=cs, max_iter=max_iter, val_fraction=val_fraction, patience=patience,
-            blas_threads=blas_threads, seed=seed,
-        )  # fmt: skip
+    config = linear_config(ctx, protocol, options)
+    with errors_as(ctx, PARAMS):  # the protocol's batch_size is --linear-batch-size
+        check_linear(config)
     results = options.pop("results")
-    records = evaluate_linear(BackboneSpec(**split_backbone(options)), split_data(options), config)
+    records = evaluate_linear(take(BackboneSpec, options), take_data(options), config)
     if not records:  # a non-zero rank under torchrun
         return
     record = records[0]
