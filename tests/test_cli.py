@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -223,3 +224,14 @@ def test_linear_option_of_another_protocol_is_an_error(tmp_path):
 def test_list_options_parse_or_fail_with_the_flag(tmp_path):
     res = evaluate("knn", ["-k", "ten"], tmp_path)
     assert res.exit_code == 2 and "'-k'" in res.output and "comma-separated" in res.output
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_makes_openmp_threads_sleep_unless_told_otherwise(preset, expected):
+    # set before torch (and its OpenMP runtime) loads; a user's own setting wins
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import sys, os, mochi.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "False"]
