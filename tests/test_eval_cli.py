@@ -69,3 +69,15 @@ def test_checkpoint_record_names_hash_and_encoder(tmp_path):
     assert (
         ev["encoder"] == "query" and len(ev["sha256"]) == 64 and ev["label"] == "moco/checkpoint_0001.pth.tar"
     )
+
+
+def test_default_k_list_trimmed_to_a_small_training_set(tmp_path):
+    res = CliRunner().invoke(main, ["knn", "--random-init", "-a", "resnet18", "--small-stem", "--data",
+                                    "fashion-mnist-embedded", "--image-size", "32", "--limit-train", "50",
+                                    "--limit-test", "20", "-q", "--cache-dir", str(tmp_path / "c"),
+                                    "-o", str(tmp_path / "r")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    printed = [line.split()[0] for line in res.output.splitlines() if line.startswith("k=")]
+    assert printed == ["k=10", "k=20"]
+    (record,) = load_records(tmp_path / "r")
+    assert record["hyperparameters"]["k"] == [10, 20]

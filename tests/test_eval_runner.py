@@ -135,7 +135,7 @@ def test_k_is_checked_against_the_training_set_before_extraction(tmp_path, caplo
         cache_dir=str(tmp_path / "c"),
     )
     spec = BackboneSpec(random_init=True, arch="resnet18", small_stem=True)
-    with pytest.raises(MochiError, match="k=100 exceeds the 50 training images"):
+    with pytest.raises(MochiError, match="100 exceeds the 50 training images"):
         evaluate_knn(spec, data, KnnConfig(ks=(10, 100)))
     assert not (tmp_path / "c").exists()
     with caplog.at_level("WARNING"):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,9 @@ def test_resume_is_bit_identical(tmp_path):
     with SummaryWriter(str(tmp_path / "b" / "tensorboard")) as tb:  # points of a run killed mid-epoch 1
         tb.add_scalar("step/loss", 123.0, 6)
         tb.add_scalar("step/loss", 123.0, 8)
+    # Event files are read in name order, which starts with the creation second: the resumed run's file
+    # must come after this one, as it would after a real crash.
+    time.sleep(1.1)
     res = run_cli([*args, "--resume", "auto", "-o", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert not orphan.exists()

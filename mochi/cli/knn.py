@@ -47,7 +47,7 @@ def knn_cmd(**options) -> None:
     record = records[0]
     (path,) = write_records(results, records)
     settings = record["metrics"]["settings"]
-    for k in sorted(set(config.ks)):
+    for k in record["hyperparameters"]["k"]:  # the k searched: the default list may have been trimmed
         for t in config.temperatures:
             m = settings[setting_name(k, t)]
             top5 = "n/a" if m["top5"] is None else f"{m['top5']:.2f}"
