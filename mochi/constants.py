@@ -41,3 +41,6 @@ AUGMENTATIONS = ("aug-plus", "aug-plus-small")
 ENCODERS = ("query", "key", "teacher", "student")
 
 EXPORT_TARGETS = ("torchvision", "detectron2")
+
+# Detection: BN choice of `mochi detect --norm` (auto: SyncBN / naiveSyncBN become BN in one process).
+NORM_CHOICES = ("auto", "config", "BN", "SyncBN", "naiveSyncBN")

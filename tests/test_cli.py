@@ -44,7 +44,7 @@ print("\\nPROBE", "torch" in sys.modules, " ".join(stages))
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["pretrain"], ["knn"], ["linear"], ["export"], ["inspect"], ["results"]]
+    "args", [[], ["pretrain"], ["knn"], ["linear"], ["export"], ["inspect"], ["results"], ["detect"]]
 )
 def test_help_imports_neither_torch_nor_the_stages(args):
     res = subprocess.run(

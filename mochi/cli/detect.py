@@ -6,8 +6,8 @@ import re
 
 import click
 
+from mochi.constants import NORM_CHOICES
 from mochi.errors import ConfigError
-from mochi.transfer.detectron2.config import NORM_CHOICES
 
 #: DetectionConfig fields whose option is not ``--field-name``.
 FLAGS = {

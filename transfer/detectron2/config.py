@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mochi.constants import NORM_CHOICES
 from mochi.errors import ConfigError, MochiError
 
 from .install import require_detectron2
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 #: Config keys whose value is a norm type, rewritten together by :func:`choose_norm`.
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
 SYNC_NORMS = ("SyncBN", "naiveSyncBN")
-NORM_CHOICES = ("auto", "config", "BN", "SyncBN", "naiveSyncBN")
 
 #: The cfg values that define a protocol (and can change a number): what a record's hyperparameters hold.
 PROTOCOL_KEYS = (
