@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mochi.io import atomic_write_json
 
-SUBCOMMANDS = ("pretrain", "knn", "linear", "export", "inspect", "results")
+SUBCOMMANDS = ("pretrain", "knn", "linear", "detect", "export", "inspect", "results")
 
 
 def median_time(argv: list[str], repeats: int) -> dict[str, float]:
