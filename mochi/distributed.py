@@ -6,6 +6,7 @@ it sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and initi
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -70,14 +71,50 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", local_rank())
 
 
+# A collective that waits longer than this means another process stopped or died: fail instead of hanging.
+# torch's own default is 30 minutes (gloo); MOCHI_DIST_TIMEOUT (seconds) changes it.
+DEFAULT_TIMEOUT_S = 600
+
+
+def collective_timeout() -> datetime.timedelta:
+    """The process-group timeout: ``MOCHI_DIST_TIMEOUT`` seconds, else :data:`DEFAULT_TIMEOUT_S`."""
+    raw = os.environ.get("MOCHI_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        from mochi.errors import MochiError
+
+        raise MochiError(
+            f"MOCHI_DIST_TIMEOUT={raw!r}: give a positive number of seconds (default {DEFAULT_TIMEOUT_S})"
+        )
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_from_env(device_type: str) -> None:
-    """Initialise the default process group from torchrun's environment: NCCL on GPU, gloo on CPU."""
+    """Initialise the default process group from torchrun's environment: NCCL on GPU, gloo on CPU, with
+    :func:`collective_timeout` as the bound on any collective."""
     if is_dist() or not launched_by_torchrun():
         return
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=collective_timeout())
+
+
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "NCCL")
+
+
+def lost_peer_error(err: BaseException) -> str | None:
+    """A one-line explanation when ``err`` is a collective failing because another process is gone."""
+    if not is_dist() or not isinstance(err, RuntimeError) or not any(s in str(err) for s in _LOST_PEER):
+        return None
+    first = next((line for line in str(err).splitlines() if line.strip()), "")[:160]
+    return (
+        f"rank {rank()} of {world_size()}: another process stopped answering ({first}). It was killed, "
+        "ran out of memory or hung; see its own log. Resume the run with --resume auto"
+    )
 
 
 def shutdown() -> None:

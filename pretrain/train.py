@@ -88,6 +88,11 @@ def pretrain(cfg: PretrainConfig, show_progress: bool = True) -> PretrainResult:
         torch.set_num_threads(dist_utils.intra_op_threads(cfg.workers))
     try:
         return _pretrain(cfg, device, show_progress)
+    except RuntimeError as err:
+        lost = dist_utils.lost_peer_error(err)
+        if lost is None:
+            raise
+        raise MochiError(lost) from err
     finally:
         torch.set_num_threads(threads)
         dist_utils.shutdown()

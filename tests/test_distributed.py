@@ -68,3 +68,32 @@ def test_intra_op_threads_leave_a_core_per_loader_worker(monkeypatch):
     monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert distributed.intra_op_threads(2) == 1  # never fewer than one
+
+
+def test_collective_timeout_from_the_environment(monkeypatch):
+    import datetime
+
+    from mochi import distributed
+    from mochi.errors import MochiError
+
+    monkeypatch.delenv("MOCHI_DIST_TIMEOUT", raising=False)
+    assert distributed.collective_timeout() == datetime.timedelta(seconds=distributed.DEFAULT_TIMEOUT_S)
+    monkeypatch.setenv("MOCHI_DIST_TIMEOUT", "45")
+    assert distributed.collective_timeout() == datetime.timedelta(seconds=45)
+    for bad in ("0", "-3", "ten"):
+        monkeypatch.setenv("MOCHI_DIST_TIMEOUT", bad)
+        with pytest.raises(MochiError, match="MOCHI_DIST_TIMEOUT=.*positive number of seconds"):
+            distributed.collective_timeout()
+
+
+def test_lost_peer_errors_are_named_only_under_torch_distributed(monkeypatch):
+    from mochi import distributed
+
+    err = RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection closed by peer [127.0.0.1]:1234")
+    assert distributed.lost_peer_error(err) is None  # one process: not a lost peer
+    monkeypatch.setattr(distributed, "is_dist", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    message = distributed.lost_peer_error(err)
+    assert message.startswith("rank 0 of 2: another process stopped answering") and "--resume auto" in message
+    assert distributed.lost_peer_error(RuntimeError("shape mismatch")) is None

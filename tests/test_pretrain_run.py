@@ -363,3 +363,50 @@ def test_runs_saved_under_old_field_names_resume(tmp_path):
     assert res.exit_code == 1 and "n_hard: 16 -> 8" in res.output
     res = run_cli([*args, "--resume", "auto", "-o", str(out)])
     assert res.exit_code == 0, res.output
+
+
+def _pid_of_rank(marker: str, rank: int, deadline: float) -> int:
+    """The process torchrun started as ``rank`` for the run tagged with ``marker`` (read from /proc)."""
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"MOCHI_FAULT_TEST={marker}".encode() in env and f"RANK={rank}".encode() in env:
+                if b"TORCHELASTIC_RUN_ID" in b" ".join(env) and b"LOCAL_RANK=" + str(rank).encode() in env:
+                    return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError("rank process not found")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_a_killed_rank_stops_the_other_within_seconds(tmp_path):
+    import signal
+    import uuid
+
+    out, marker = tmp_path / "ddp", uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "mochi.cli", "pretrain", *TINY, "--limit", "4096", "--epochs", "1", "--bn-splits", "1",
+           "--log-every", "1", "-o", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MOCHI_FAULT_TEST": marker, "MOCHI_DIST_TIMEOUT": "60"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+            assert time.time() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.2)
+        os.kill(_pid_of_rank(marker, 1, deadline), signal.SIGKILL)  # as the OOM killer would
+        killed = time.time()
+        output, _ = proc.communicate(timeout=120)
+        took = time.time() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert took < 60, f"the surviving rank took {took:.0f} s to stop"
+    assert "another process stopped answering" in output or "exitcode  : -9" in output, output[-3000:]
+    assert not list(out.glob("checkpoint_*.pth.tar"))  # the epoch never finished: nothing half-saved
