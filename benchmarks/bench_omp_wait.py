@@ -3,8 +3,9 @@
 on every core; JSON out.
 
     python benchmarks/bench_omp_wait.py                 # 3 runs each, A/B interleaved, quiet and loaded
+    python benchmarks/bench_omp_wait.py --omp-threads 2 --out benchmarks/results/omp_wait_2threads_cpu.json
 
-The run is a small ``mochi pretrain`` (ResNet-18, 32 px, batch 64, K 4096, 2 loader workers, 1,280
+The run is a small ``mochi pretrain`` (ResNet-18, 32 px, batch 64, K 4096, 2 loader workers, 640
 images, one epoch) started as its own process, so the variable is read before torch loads. "Loaded" starts
 one busy process per core beside it. Figures: median wall seconds and CPU seconds of the run (its children
 included), and the ratio ACTIVE / PASSIVE of each A/B pair.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from mochi.io import atomic_write_json
 
-ARGS = ["--data", "fashion-mnist-embedded", "--limit", "1280", "-a", "resnet18", "--small-stem",
+ARGS = ["--data", "fashion-mnist-embedded", "--limit", "640", "-a", "resnet18",
         "--image-size", "32", "--aug", "aug-plus-small", "-b", "64", "--moco-k", "4096", "--moco-m", "0.99",
         "--epochs", "1", "-j", "2", "-q"]  # fmt: skip
 
@@ -35,8 +36,10 @@ def _busy() -> None:
         pass
 
 
-def one_run(policy: str, out: Path) -> tuple[float, float]:
+def one_run(policy: str, out: Path, threads: int | None) -> tuple[float, float]:
     env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     command = [sys.executable, "-m", "mochi.cli", "pretrain", *ARGS, "-o", str(out)]
@@ -47,7 +50,7 @@ def one_run(policy: str, out: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(repeats: int, loaded: bool) -> dict:
+def measure(repeats: int, loaded: bool, threads: int | None) -> dict:
     hogs = []
     if loaded:
         hogs = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(os.cpu_count() or 1)]
@@ -58,7 +61,7 @@ def measure(repeats: int, loaded: bool) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(repeats):
                 for policy in ("ACTIVE", "PASSIVE"):
-                    runs[policy].append(one_run(policy, Path(tmp) / f"{policy}{i}"))
+                    runs[policy].append(one_run(policy, Path(tmp) / f"{policy}{i}", threads))
     finally:
         for h in hogs:
             h.terminate()
@@ -81,13 +84,18 @@ def measure(repeats: int, loaded: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--omp-threads", type=int, default=None,
+        help="force this many intra-op threads (OMP_NUM_THREADS); default: mochi's choice (cores - workers)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "omp_wait_cpu.json")
     args = ap.parse_args()
     result = {
         "what": "mochi pretrain, whole process: OMP_WAIT_POLICY ACTIVE (spinning) vs PASSIVE",
         "run": " ".join(ARGS),
-        "quiet": measure(args.repeats, loaded=False),
-        "loaded": measure(args.repeats, loaded=True),
+        "intra_op_threads": args.omp_threads or "chosen by mochi (cores - loader workers)",
+        "quiet": measure(args.repeats, loaded=False, threads=args.omp_threads),
+        "loaded": measure(args.repeats, loaded=True, threads=args.omp_threads),
         "machine": {"cpus": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
     }
     atomic_write_json(args.out, result)

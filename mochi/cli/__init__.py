@@ -4,11 +4,11 @@ Each subcommand parses options, calls one library function and prints or writes 
 A :class:`~mochi.errors.MochiError` raised by the library becomes ``Error: <message>`` and exit 1.
 ``mochi --help`` lists the subcommands from :data:`COMMANDS` without importing them (nor torch).
 
-OpenMP threads wait for work by sleeping (``OMP_WAIT_POLICY=PASSIVE``) unless the user set the variable:
-spinning threads took two thirds of the CPU on a busy two-core machine and made pretraining about three
-times slower, while sleeping costs nothing measurable on a quiet one (``benchmarks/bench_omp_wait.py``). It
-must be set before torch loads OpenMP, so it is set here, when the command starts; library users set it
-themselves.
+OpenMP threads wait for work by sleeping (``OMP_WAIT_POLICY=PASSIVE``) unless the user set the variable: with
+two intra-op threads on a busy two-core machine, spinning threads made a small pretraining run 3.45x slower
+(wall time, and 4x the CPU time), while sleeping cost nothing measurable on a quiet machine (0.99x;
+``benchmarks/bench_omp_wait.py``). It must be set before torch loads OpenMP, so it is set here, when the
+command starts; library users set it themselves.
 """
 
 from __future__ import annotations
