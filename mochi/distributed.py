@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from typing import Any
 
 import torch
@@ -110,7 +111,8 @@ def lost_peer_error(err: BaseException) -> str | None:
     """A one-line explanation when ``err`` is a collective failing because another process is gone."""
     if not is_dist() or not isinstance(err, RuntimeError) or not any(s in str(err) for s in _LOST_PEER):
         return None
-    first = next((line for line in str(err).splitlines() if line.strip()), "")[:160]
+    first = next((line for line in str(err).splitlines() if line.strip()), "")
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:120]  # drop the C++ source location
     return (
         f"rank {rank()} of {world_size()}: another process stopped answering ({first}). It was killed, "
         "ran out of memory or hung; see its own log. Resume the run with --resume auto"
