@@ -139,3 +139,18 @@ def test_no_numbered_section_citations():
     assert not offenders, (
         f"numbered-section citations (cite docs/protocols.md#<heading> instead): {offenders}"
     )
+
+
+def test_every_repository_path_named_in_the_docs_exists():
+    # A moved module must not leave the README or docs pointing at its old place.
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(
+        r"[`(]((?:mochi|pretrain|transfer|eval|scripts|benchmarks|tests|docs|detectron_configs)/[\w/.-]+"
+        r"\.(?:py|sh|md|yaml|json|txt))[`)#]"
+    )
+    stale = []
+    for doc in [root / "README.md", *(root / "docs").glob("*.md")]:
+        for path in pattern.findall(doc.read_text()):
+            if not (root / path).exists():
+                stale.append(f"{doc.name}: {path}")
+    assert stale == []
