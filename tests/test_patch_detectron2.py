@@ -83,6 +83,7 @@ def test_installed_lr_scheduler_hook_checkpoints_torch_schedulers():
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    opt.step()
     sched.step()
     state = hooks.LRScheduler(opt, sched).state_dict()
     assert state and state["last_epoch"] == 1  # unpatched: {} (the state is silently not saved)
