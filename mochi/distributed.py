@@ -104,12 +104,14 @@ def init_from_env(device_type: str) -> None:
     dist.init_process_group(backend=backend, timeout=collective_timeout())
 
 
-_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "NCCL")
+# Text of the errors gloo and NCCL raise when a peer is gone or a collective timed out (not any NCCL error).
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "timed out", "timeout")
 
 
 def lost_peer_error(err: BaseException) -> str | None:
     """A one-line explanation when ``err`` is a collective failing because another process is gone."""
-    if not is_dist() or not isinstance(err, RuntimeError) or not any(s in str(err) for s in _LOST_PEER):
+    text = str(err).lower()
+    if not is_dist() or not isinstance(err, RuntimeError) or not any(s in text for s in _LOST_PEER):
         return None
     first = next((line for line in str(err).splitlines() if line.strip()), "")
     first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:120]  # drop the C++ source location

@@ -97,3 +97,12 @@ def test_lost_peer_errors_are_named_only_under_torch_distributed(monkeypatch):
     message = distributed.lost_peer_error(err)
     assert message.startswith("rank 0 of 2: another process stopped answering") and "--resume auto" in message
     assert distributed.lost_peer_error(RuntimeError("shape mismatch")) is None
+
+
+def test_other_nccl_errors_are_not_called_a_lost_peer(monkeypatch):
+    from mochi import distributed
+
+    monkeypatch.setattr(distributed, "is_dist", lambda: True)
+    assert distributed.lost_peer_error(RuntimeError("NCCL error: invalid usage (ncclInvalidUsage)")) is None
+    watchdog = RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(ALLGATHER)")
+    assert distributed.lost_peer_error(watchdog) is not None
