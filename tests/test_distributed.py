@@ -103,6 +103,8 @@ def test_other_nccl_errors_are_not_called_a_lost_peer(monkeypatch):
     from mochi import distributed
 
     monkeypatch.setattr(distributed, "is_dist", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
     assert distributed.lost_peer_error(RuntimeError("NCCL error: invalid usage (ncclInvalidUsage)")) is None
     watchdog = RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(ALLGATHER)")
     assert distributed.lost_peer_error(watchdog) is not None
