@@ -124,6 +124,59 @@ def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r["created"], r["id"]))
 
 
+# Keys that say how a number was computed, not which number it is: two records differing only here are
+# the same measurement (FAISS and torch search give the same neighbours; BLAS threads change speed only).
+EXECUTION_KEYS = frozenset({"backend", "search_device", "blas_threads"})
+
+
+def backbone_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What was evaluated, independent of where the file lies: the checkpoint's sha256 with the encoder and
+    prefix read from it, or for a random-init baseline its architecture and stem (the init seed is a seed
+    of the cell, see :func:`seed_of`)."""
+    ev = record.get("evaluated", {})
+    if ev.get("random_init"):
+        return {"random_init": True, "arch": ev.get("arch"), "stem": ev.get("stem")}
+    return {k: ev.get(k) for k in ("sha256", "encoder", "prefix", "arch", "stem")}
+
+
+def data_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The data a record measured, without its folder (``root``) or whether features came from the cache."""
+    data = json.loads(json.dumps(record.get("data", {})))
+    for split in ("train", "test"):
+        if isinstance(data.get(split), dict):
+            data[split].pop("root", None)
+    if isinstance(data.get("features"), dict):
+        data["features"].pop("cached", None)
+    return data
+
+
+def setting_key(record: dict[str, Any]) -> str:
+    """One string per measurement setting: task, protocol, backbone, data and hyper-parameters (without
+    :data:`EXECUTION_KEYS`). Records with equal keys differ only by seed: they are seeds of one table cell."""
+    hyper = {k: v for k, v in record.get("hyperparameters", {}).items() if k not in EXECUTION_KEYS}
+    key = {
+        "task": record.get("task"),
+        "protocol": record.get("protocol"),
+        "backbone": backbone_identity(record),
+        "data": data_identity(record),
+        "hyperparameters": hyper,
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def seed_of(record: dict[str, Any]) -> tuple[Any, Any]:
+    """A record's seed within its setting: the evaluation seed, and a random-init backbone's init seed."""
+    ev = record.get("evaluated", {})
+    return (record.get("seed"), ev.get("seed") if ev.get("random_init") else None)
+
+
+def find_record(records: Iterable[dict[str, Any]], like: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest record of ``records`` with ``like``'s setting and seed, or None (a suite's resume test)."""
+    want = (setting_key(like), seed_of(like))
+    found = [r for r in records if (setting_key(r), seed_of(r)) == want]
+    return max(found, key=lambda r: (r["created"], r["id"])) if found else None
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"

@@ -62,3 +62,43 @@ def test_records_made_in_the_same_second_keep_their_order(tmp_path):
     for r in made:
         write_record(tmp_path, r)
     assert [r["protocol"] for r in load_records(tmp_path)] == [f"p{i}" for i in range(20)]
+
+
+def _rec(**over):
+    base = {
+        "schema": "mochi.record/1", "id": "x", "created": "2026-01-01T00:00:00.000000Z", "task": "knn",
+        "protocol": "knn-weighted-vote",
+        "evaluated": {"checkpoint": "/a/ckpt.pth.tar", "sha256": "ab" * 32, "encoder": "query",
+                      "prefix": "module.encoder_q.", "arch": "resnet18", "stem": "standard"},
+        "data": {"dataset": "cifar10", "train": {"root": "/data/a", "split": "train"},
+                 "test": {"root": "/data/a", "split": "test"}, "features": {"cached": [True, False]}},
+        "hyperparameters": {"k": [20], "T": [0.07], "backend": "faiss", "search_device": "cpu"},
+        "seed": None, "metrics": {"top1": 1.0},
+    }  # fmt: skip
+    for key, value in over.items():
+        base[key] = value
+    return base
+
+
+def test_setting_key_ignores_location_cache_and_execution_only_settings():
+    from mochi.eval.records import find_record, seed_of, setting_key
+
+    a = _rec()
+    moved = _rec(
+        evaluated={**a["evaluated"], "checkpoint": "/elsewhere/copy.pth.tar"},
+        data={**a["data"], "train": {"root": "/other", "split": "train"}, "features": {"cached": [0, 0]}},
+        hyperparameters={**a["hyperparameters"], "backend": "torch", "search_device": "cuda"},
+    )
+    assert setting_key(a) == setting_key(moved)
+    # what changes the number changes the key
+    assert setting_key(a) != setting_key(_rec(hyperparameters={**a["hyperparameters"], "T": [0.1]}))
+    assert setting_key(a) != setting_key(_rec(evaluated={**a["evaluated"], "sha256": "cd" * 32}))
+    assert setting_key(a) != setting_key(_rec(evaluated={**a["evaluated"], "encoder": "key"}))
+    assert setting_key(a) != setting_key(_rec(data={**a["data"], "dataset": "cifar100"}))
+    assert setting_key(a) != setting_key(_rec(protocol="other"))
+    # random-init: the init seed is a seed of the cell, not a different backbone
+    r0 = _rec(evaluated={"random_init": True, "arch": "resnet18", "stem": "standard", "seed": 0})
+    r1 = _rec(evaluated={"random_init": True, "arch": "resnet18", "stem": "standard", "seed": 1})
+    assert setting_key(r0) == setting_key(r1) and seed_of(r0) != seed_of(r1)
+    assert find_record([a, r0], moved) is a and find_record([a], r1) is None
+    assert find_record([_rec(seed=1)], _rec(seed=2)) is None
