@@ -141,8 +141,10 @@ class LbfgsConfig:
     """C = 10^linspace(-6, 5, 45) [ssl-transfer]; ``max_iter`` bounds each fit.
 
     ``patience``: the sweep (increasing C) stops once held-out accuracy has not improved for this many
-    values in a row. The default 0 sweeps all 45 values, as the protocol; a small patience (e.g. 5) is a
-    documented shortcut: large C values are the slow fits and, past the optimum, only overfit.
+    values in a row, counted only after it has risen above the first value's (the flat start at tiny C,
+    where one class is predicted for every image, never stops it). The default 0 sweeps all 45 values, as
+    the protocol; a small patience (e.g. 5) is a documented shortcut: large C values are the slow fits and,
+    past the optimum, only overfit.
 
     ``blas_threads``: BLAS threads for the fits; 0 (auto) picks :func:`mochi.eval.linear.auto_blas_threads`.
     ``seed``: the held-out split.

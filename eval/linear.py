@@ -247,7 +247,10 @@ def _lbfgs_sweep(
             val_acc.append(float((clf.predict(x_va) == train_labels[va]).mean()))
             if val_acc[-1] > max(val_acc[:-1], default=-1.0):
                 best_fit = (clf.coef_.copy(), clf.intercept_.copy())
-            if cfg.patience and len(val_acc) - 1 - int(np.argmax(val_acc)) >= cfg.patience:
+            # The patience counts from the best value once accuracy has risen above the first C's: at tiny
+            # C every image gets one class, and that flat start is not the optimum to stop after.
+            rose = max(val_acc) > val_acc[0]
+            if cfg.patience and rose and len(val_acc) - 1 - int(np.argmax(val_acc)) >= cfg.patience:
                 break
         best = int(np.argmax(val_acc))
         c_best = sorted(cfg.c_values)[best]

@@ -155,3 +155,20 @@ def test_moco_sanity_check_catches_a_changed_backbone(moco_data):
     cfg = MocoLinearConfig(epochs=1, batch_size=100)
     with pytest.raises(BackboneChanged, match="layer1.0.bn1.running_mean"):
         linear_moco(bb, *moco_data, 10, cfg, _train_hook=leak)
+
+
+def test_lbfgs_patience_does_not_stop_on_the_flat_start_at_tiny_c():
+    """At tiny C the (unpenalised) intercept decides alone: every image gets the majority class, for several
+    C values in a row. A patience counted from there stopped the sweep at chance; it must go on to the
+    optimum, and still stop early after it."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [300, 150, 150])
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    x = (centres[labels] + rng.normal(size=(600, 2))).astype(np.float32)
+    test_labels = np.repeat([0, 1, 2], [100, 50, 50])
+    x_test = (centres[test_labels] + rng.normal(size=(200, 2))).astype(np.float32)
+    c_values = tuple(np.logspace(-6, 5, 45).tolist())
+    full, _ = linear_lbfgs(x, labels, x_test, test_labels, LbfgsConfig(c_values=c_values))
+    short, short_d = linear_lbfgs(x, labels, x_test, test_labels, LbfgsConfig(c_values=c_values, patience=3))
+    assert full["top1"] > 80 and short["top1"] > 80, (full, short)  # majority class alone: 50
+    assert 6 < short_d["c_tried"] < 45  # it stopped early, after the optimum
