@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mochi.cli.inspect:inspect_cmd",
         "Report CHECKPOINT's format, prefix, encoder, architecture and tensors (exit 1 if it does not load).",
     ),
+    "suite": (
+        "mochi.cli.suite:suite_cmd",
+        "Run a named set of evaluations on each CHECKPOINT; re-running finishes what is missing.",
+    ),
     "results": (
         "mochi.cli.results:results_cmd",
         "List the records in RESULTS_DIR (oldest first), one row each.",
