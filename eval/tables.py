@@ -110,7 +110,7 @@ def dataset_name(record: dict[str, Any]) -> str:
 
 
 def _knn_setting(name: str) -> tuple[int, float] | None:
-    m = re.fullmatch(r"k(\d+)_T([0-9.eE+-]+)", name)
+    m = re.fullmatch(r"k(\d+)_T([0-9.eE+-]+)", name or "")
     return (int(m.group(1)), float(m.group(2))) if m else None
 
 
@@ -138,7 +138,7 @@ def _measurements(records: Sequence[dict[str, Any]], knn: str, metrics: Sequence
         task, protocol, ds = r["task"], r["protocol"], dataset_name(r)
         m = r.get("metrics", {})
         if task == "knn":
-            names = list(m.get("settings", {})) if knn == "all" else [m.get("headline")]
+            names = list(m.get("settings", {})) if knn == "all" else [m.get("headline") or ""]
             hyper = {k: v for k, v in r["hyperparameters"].items() if k not in ("k", "T")}
             for name in names:
                 values = m.get("settings", {}).get(name, m)
@@ -196,8 +196,10 @@ def _short(value: str) -> str:
 def _group(family: tuple, n_detection_protocols: int) -> str:
     ds, task, protocol, setting = family
     if task == "knn":
-        k, t = _knn_setting(setting) or (setting, None)
-        return f"{ds} kNN k={k}" + ("" if t in (None, 0.07) else f" T={t:g}")
+        if _knn_setting(setting) is None:
+            return f"{ds} kNN {setting}".rstrip()
+        k, t = _knn_setting(setting)
+        return f"{ds} kNN k={k}" + ("" if t == 0.07 else f" T={t:g}")
     if task == "linear":
         return f"{ds} linear ({protocol})"
     if task == "detection":

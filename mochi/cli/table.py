@@ -16,7 +16,12 @@ import click
 @click.option("--format", "fmt", default="md", help="md (Markdown), csv, latex (booktabs) or json.")
 @click.option("--reference", default=None, help="Add the published rows of this table (e.g. moco), marked.")
 @click.option("--knn", default="headline", help="kNN columns: 'headline' (k=20, T=0.07) or 'all' settings.")
-@click.option("--metrics", default="", help="Comma-separated metrics (default: top1; detection: every AP).")
+@click.option(
+    "--metrics",
+    default="",
+    show_default=False,
+    help="Comma-separated metrics (default: top1; detection: every AP).",
+)
 @click.option("--digits", default=1, type=click.IntRange(0, 6), help="Decimals in md and latex cells.")
 @click.option("-o", "--output", default=None, help="Write the table to this file (atomically) instead.")
 def table_cmd(
@@ -29,8 +34,10 @@ def table_cmd(
     digits: int,
     output: str | None,
 ) -> None:
-    """Pivot the records of RESULTS_DIR... into a table: one row per backbone, one column per dataset,
-    protocol, setting and metric; cells are mean ± sample std over seeds (n shown).
+    """Pivot the records of RESULTS_DIR... into a table: one row per backbone, mean ± std over seeds.
+
+    One column per dataset, protocol, setting and metric; a cell is the mean ± sample std (n - 1) over the
+    seeds of one setting, with n. Records whose hyper-parameters differ get separate columns, never one mean.
 
     \b
     Examples:
