@@ -177,22 +177,54 @@ def find_record(records: Iterable[dict[str, Any]], like: dict[str, Any]) -> dict
     return max(found, key=lambda r: (r["created"], r["id"])) if found else None
 
 
+# The columns ``mochi results`` shows by default, by task: what a reader of that task looks at first.
+DEFAULT_METRICS = {
+    "knn": ("top1", "top5"),
+    "linear": ("top1", "top5"),
+    "detection": ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75"),
+    "detection-aggregate": ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75"),
+}
+
+
 def _fmt(value: Any) -> str:
+    if isinstance(value, dict) and "mean" in value:  # a detection aggregate: mean ± sample std over seeds
+        if value["mean"] is None:
+            return f"n/a (n={value.get('n', 0)})"
+        std = "" if value.get("std") is None else f" ± {value['std']:.2f}"
+        return f"{value['mean']:.2f}{std} (n={value.get('n')})"
     if isinstance(value, float):
         return f"{value:.2f}"
     return "" if value is None else str(value)
 
 
+def default_metrics(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The metric columns for ``records``: each task's :data:`DEFAULT_METRICS` that some record has
+    (an unknown task: its numeric metrics), in order of first appearance."""
+    seen: dict[str, None] = {}
+    for r in records:
+        names = DEFAULT_METRICS.get(r["task"])
+        if names is None:
+            names = [k for k, v in r["metrics"].items() if isinstance(v, (int, float))]
+        seen.update((k, None) for k in names if k in r["metrics"])
+    return list(seen)
+
+
+def all_metrics(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Every metric some record has that fits a cell: numbers and detection aggregates."""
+    seen: dict[str, None] = {}
+    for r in records:
+        for k, v in r["metrics"].items():
+            if isinstance(v, (int, float)) or (isinstance(v, dict) and "mean" in v):
+                seen.setdefault(k, None)
+    return list(seen)
+
+
 def format_table(records: Iterable[dict[str, Any]], metrics: Sequence[str] | None = None) -> str:
-    """A plain-text table, one row per record: id, task, protocol, checkpoint, dataset, seed, metrics."""
+    """A plain-text table, one row per record: id, task, protocol, checkpoint, dataset, seed, metrics
+    (default: :func:`default_metrics`). A detection aggregate's cells read ``mean ± std (n=k)``."""
     records = list(records)
     if metrics is None:
-        seen: dict[str, None] = {}
-        for r in records:
-            for k, v in r["metrics"].items():
-                if isinstance(v, (int, float)):
-                    seen.setdefault(k, None)
-        metrics = list(seen)
+        metrics = default_metrics(records)
     header = ["id", "task", "protocol", "checkpoint", "encoder", "dataset", "seed", *metrics]
     rows = []
     for r in records:

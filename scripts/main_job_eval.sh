@@ -41,3 +41,5 @@ evaluate "$MOCHI_CKPT"
 
 echo
 "$MOCHI" results "$RESULTS" --metrics top1,top5,mean_per_class
+echo
+"$MOCHI" table "$RESULTS" --knn all

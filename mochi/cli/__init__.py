@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mochi.cli.results:results_cmd",
         "List the records in RESULTS_DIR (oldest first), one row each.",
     ),
+    "table": (
+        "mochi.cli.table:table_cmd",
+        "Pivot the records of RESULTS_DIR... into a table: one row per backbone, mean ± std over seeds.",
+    ),
 }
 
 

@@ -8,7 +8,12 @@ import click
 @click.command("results")
 @click.argument("results_dir")
 @click.option("--task", default=None, help="Only records of this task (knn, linear, detection...).")
-@click.option("--metrics", default="top1,top5", help="Comma-separated metric columns ('' for all numeric).")
+@click.option(
+    "--metrics",
+    default="",
+    help="Comma-separated metric columns, or 'all'. Default: top1,top5 for kNN / linear, AP,AP50,AP75 "
+    "(and mask AP) for detection, as the records present have them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON list instead.")
 def results_cmd(results_dir: str, task: str | None, metrics: str, as_json: bool) -> None:
     """List the records in RESULTS_DIR (oldest first), one row each.
@@ -19,7 +24,7 @@ def results_cmd(results_dir: str, task: str | None, metrics: str, as_json: bool)
     """
     import json
 
-    from mochi.eval.records import format_table, load_records
+    from mochi.eval.records import all_metrics, format_table, load_records
 
     records = load_records(results_dir)
     if task:
@@ -31,4 +36,6 @@ def results_cmd(results_dir: str, task: str | None, metrics: str, as_json: bool)
         click.echo(f"no records in {results_dir}")
         return
     cols = [m.strip() for m in metrics.split(",") if m.strip()] or None
+    if cols == ["all"]:
+        cols = all_metrics(records)
     click.echo(format_table(records, cols))
