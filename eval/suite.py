@@ -284,7 +284,27 @@ def run_suite(cfg: SuiteConfig, on_event: Callable[[str], None] | None = None) -
             ran.append(p.key)
     keys = {p.key for p in plan.evaluations}
     mine = [r for r in load_records(plan.results_dir) if r.get("suite", {}).get("request") in keys]
-    return {"ran": ran, "skipped": skipped, "records": mine, "plan": plan}
+    outputs, text = write_tables(mine, Path(cfg.output))
+    return {"ran": ran, "skipped": skipped, "records": mine, "plan": plan, "outputs": outputs, "table": text}
+
+
+def write_tables(records: Sequence[dict[str, Any]], folder: Path) -> tuple[list[Path], str]:
+    """The suite's table from ``records`` as ``table.{md,csv,tex,json}`` in ``folder``; returns the paths and
+    the Markdown text."""
+    from mochi.io import atomic_write_text
+
+    from .table_formats import render
+    from .tables import build_table
+
+    table = build_table(records)
+    paths, text = [], ""
+    for fmt, suffix in (("md", "md"), ("csv", "csv"), ("latex", "tex"), ("json", "json")):
+        rendered = render(table, fmt, 1)
+        path = folder / f"table.{suffix}"
+        atomic_write_text(path, rendered)
+        paths.append(path)
+        text = text or rendered
+    return paths, text
 
 
 def _run_one(cfg: SuiteConfig, plan: SuitePlan, p: Planned, backbone) -> list[dict[str, Any]]:

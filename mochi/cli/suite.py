@@ -76,6 +76,7 @@ def suite_cmd(ctx: click.Context, list_suites: bool, dry_run: bool, **options) -
                 click.echo(f"{state}  {plan.labels[p.backbone]}: {p.step.name}{seed}")
             return
         result = run_suite(cfg, on_event=click.echo)
+    click.echo(result["table"], nl=False)
     click.echo(f"ran {len(result['ran'])}, skipped {len(result['skipped'])} (already done)")
     for path in result.get("outputs", []):
         click.echo(f"wrote {path}")

@@ -1,0 +1,201 @@
+"""Reproduce one transfer table: pretrain every method, run the suites on the checkpoints, write the table.
+
+    python scripts/reproduce/reproduce.py PLAN -o DIR [data roots] [--launcher local|slurm] [--dry-run]
+
+PLAN is one of scripts/reproduce/plans.py (in100-linear, in1k-voc, coco, mini); the settings and their
+sources are in docs/protocols.md#reproduction-tables. Three stages, each resumable, so the same command
+finishes an interrupted reproduction:
+
+1. pretraining, one `mochi pretrain --resume auto` per run (torchrun, or a SLURM job array);
+2. one `mochi suite` per suite on the runs' last checkpoints (finished evaluations are skipped);
+3. `mochi table` over every suite's records (Markdown, LaTeX, CSV) and `mochi plot` pictures.
+
+``--launcher local`` runs the stages one after the other on this machine (torchrun for pretraining).
+``--launcher slurm`` submits them through submitit (``pip install 'mochi-ssl[slurm]'``): a job array per
+stage, each stage depending on the previous one (afterok), pretraining jobs requeueing themselves when
+preempted. ``--dry-run`` prints every command and the expected GPU-hours, and runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plans import PLANS, Plan  # noqa: E402
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+MOCHI = [sys.executable, "-m", "mochi"]
+
+
+@dataclass
+class Stage:
+    """One stage: its `mochi` argument lists, how many GPUs each needs, whether it is distributed."""
+
+    name: str
+    commands: list[list[str]]
+    distributed: bool = False  # pretraining: one process per GPU (torchrun / SLURM tasks)
+    gpu_hours: list[float | None] | None = None
+
+
+def checkpoint_path(out: Path, run_name: str, epochs: int) -> Path:
+    """The last checkpoint of a run: the one every run writes (``checkpoint_{epoch:04d}.pth.tar``)."""
+    return out / "pretrain" / run_name / f"checkpoint_{epochs - 1:04d}.pth.tar"
+
+
+def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
+    out = Path(args.output)
+    data = ["--data", args.imagenet] if "imagenet" in plan.needs else []
+    pretrain = Stage(
+        "pretrain",
+        [["pretrain", *run.args, *data, "-o", str(out / "pretrain" / run.name), "--resume", "auto", "-q"]
+         for run in plan.runs],
+        distributed=True,
+        gpu_hours=[run.gpu_hours for run in plan.runs],
+    )  # fmt: skip
+    checkpoints = [str(checkpoint_path(out, run.name, run.epochs)) for run in plan.runs]
+    suites = []
+    for s in plan.suites:
+        extra = ["--data-root", args.imagenet] if "imagenet" in s.needs else []
+        gpus = (
+            ["--num-gpus", str(args.gpus_per_node)] if "detectron2" in s.needs and args.gpus_per_node else []
+        )
+        baselines = [a for arch in plan.baselines for a in ("--baseline", arch)]
+        suites.append(["suite", *checkpoints, "--suite", s.suite, *s.args, *extra, *gpus, *baselines,
+                       "-o", str(out / "suites" / s.suite)])  # fmt: skip
+    results = [str(out / "suites" / s.suite / "results") for s in plan.suites]
+    report = [
+        ["table", *results, "-o", str(out / "table.md")],
+        ["table", *results, "--format", "latex", "-o", str(out / "table.tex")],
+        ["table", *results, "--format", "csv", "-o", str(out / "table.csv")],
+    ]
+    return [pretrain, Stage("suites", suites), Stage("report", report)]
+
+
+def local_command(stage: Stage, argv: list[str], nproc: int) -> list[str]:
+    if stage.distributed:
+        return [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "mochi", *argv]
+    return [*MOCHI, *argv]
+
+
+def dry_run(plan: Plan, stages: list[Stage], args: argparse.Namespace) -> None:
+    print(f"# {plan.name}: {plan.title}")
+    print(f"# launcher {args.launcher}; settings and sources: docs/protocols.md#reproduction-tables")
+    total = 0.0
+    for stage in stages:
+        print(
+            f"\n## stage {stage.name}" + (" (after the previous stage)" if stage.name != "pretrain" else "")
+        )
+        for i, argv in enumerate(stage.commands):
+            line = shlex.join(local_command(stage, argv, args.nproc_per_node))
+            hours = stage.gpu_hours[i] if stage.gpu_hours else None
+            if hours is not None:
+                total += hours
+                line += f"    # ~{hours:,.0f} V100 GPU-hours"
+            print(line)
+    print(f"\n# expected pretraining GPU-hours: ~{total:,.0f} (V100; moco README: 53 h on 8 V100 for 200 "
+          "ImageNet-1k epochs, scaled by images x epochs); suites and detection not estimated")  # fmt: skip
+
+
+def run_local(stages: list[Stage], args: argparse.Namespace) -> None:
+    for stage in stages:
+        for argv in stage.commands:
+            cmd = local_command(stage, argv, args.nproc_per_node)
+            print(f"[{stage.name}] {shlex.join(cmd)}", flush=True)
+            done = subprocess.run(cmd, check=False)
+            if done.returncode != 0:
+                sys.exit(f"reproduce: stage {stage.name} failed (exit {done.returncode}): {shlex.join(cmd)}\n"
+                         "fix the cause and run the same command again: finished work is kept")  # fmt: skip
+
+
+def run_slurm(stages: list[Stage], args: argparse.Namespace) -> list:
+    """Submit every stage through submitit; with ``--cluster local`` (tests, debugging) each stage is waited
+    for before the next is submitted, since submitit's local executor has no job dependencies."""
+    try:
+        import submitit
+    except ImportError:
+        sys.exit("reproduce: --launcher slurm needs submitit: pip install 'mochi-ssl[slurm]'")
+    from mochi.cli.slurm import CommandJob
+
+    folder = Path(args.output) / "slurm" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
+    previous: list = []
+    submitted = []
+    for stage in stages:
+        gpus = args.gpus_per_node if stage.distributed or stage.name == "suites" else 0
+        params = {
+            "name": f"mochi-{stage.name}", "timeout_min": args.time_min,
+            "nodes": args.nodes if stage.distributed else 1,
+            "tasks_per_node": max(gpus, 1) if stage.distributed else 1, "gpus_per_node": gpus,
+            "cpus_per_task": args.cpus_per_task, "slurm_signal_delay_s": 120,
+        }  # fmt: skip
+        if args.partition:
+            params["slurm_partition"] = args.partition
+        extra = {"account": args.account} if args.account else {}
+        if previous and executor.cluster == "slurm":
+            extra["dependency"] = "afterok:" + ":".join(str(j.job_id) for j in previous)
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        executor.update_parameters(**params)
+        with executor.batch():
+            jobs = [executor.submit(CommandJob(), argv) for argv in stage.commands]
+        print(f"[{stage.name}] submitted {', '.join(str(j.job_id) for j in jobs)}", flush=True)
+        if executor.cluster != "slurm":
+            for job in jobs:
+                job.result()  # raises with the job's own error if it failed
+        previous = jobs
+        submitted += jobs
+    return submitted
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("plan", choices=sorted(PLANS))
+    p.add_argument("-o", "--output", required=True, help="Reproduction folder (pretrain/, suites/, tables)")
+    p.add_argument("--imagenet", help="ImageNet folder with train/ and val/ (ImageNet plans)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument(
+        "--dry-run", action="store_true", help="Print every command and the GPU-hours; run nothing"
+    )
+    p.add_argument("--nproc-per-node", type=int, default=1, help="local: pretraining processes (GPUs)")
+    p.add_argument("--nodes", type=int, default=1, help="slurm: nodes per pretraining job")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per node (one task each)")
+    p.add_argument("--partition", help="slurm: partition")
+    p.add_argument("--account", help="slurm: account")
+    p.add_argument("--time-min", type=int, default=72 * 60, help="slurm: time limit per job, minutes")
+    p.add_argument("--cpus-per-task", type=int, default=10, help="slurm: CPUs per task (data loading)")
+    p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local in tests
+    args = p.parse_args(argv)
+    plan = PLANS[args.plan]
+    if "imagenet" in plan.needs and not args.imagenet:
+        p.error(f"plan {plan.name} needs --imagenet DIR (the folder holding train/ and val/)")
+    if args.imagenet and not args.dry_run and not (Path(args.imagenet) / "train").is_dir():
+        p.error(f"--imagenet {args.imagenet}: no train/ folder there; give the ImageNet root")
+    if "detectron2" in plan.needs and not args.dry_run and not os.environ.get("DETECTRON2_DATASETS"):
+        p.error(f"plan {plan.name} fine-tunes detectors: set DETECTRON2_DATASETS to the folder holding "
+                "VOC2007/, VOC2012/ and coco/ (Detectron2's convention)")  # fmt: skip
+    if args.launcher == "slurm" and args.cluster is None:
+        args.cluster = "slurm"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    plan = PLANS[args.plan]
+    stages = build_stages(plan, args)
+    if args.dry_run:
+        dry_run(plan, stages, args)
+    elif args.launcher == "local":
+        run_local(stages, args)
+        print(f"done: {Path(args.output) / 'table.md'}")
+    else:
+        run_slurm(stages, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""scripts/reproduce: the plans, the dry run, the local path end to end (mini.sh), the submitit launcher."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
+
+import plans  # noqa: E402
+import reproduce  # noqa: E402
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "reproduce" / "reproduce.py"), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_dry_run_prints_every_command_and_the_gpu_hours(tmp_path):
+    out = tmp_path / "in100"
+    args = ("-o", str(out), "--imagenet", "/data/imagenet", "--dry-run", "--nproc-per-node", "8")
+    done = _run("in100-linear", *args)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    pretrain = [line for line in text.splitlines() if " -m mochi pretrain " in line]
+    assert len(pretrain) == 4  # MoCo-v2 and three MoCHi settings
+    assert all("torch.distributed.run --standalone --nproc-per-node=8" in line for line in pretrain)
+    assert all("--subset imagenet100" in line and "--resume auto" in line for line in pretrain)
+    assert sum("--mochi-n 1024 --mochi-s 1024 --mochi-s-prime 128" in line for line in pretrain) == 1
+    suite = [line for line in text.splitlines() if " -m mochi suite " in line]
+    assert len(suite) == 1 and suite[0].count("checkpoint_0199.pth.tar") == 4 and "--suite in100" in suite[0]
+    assert sum(" -m mochi table " in line for line in text.splitlines()) == 3
+    # 53 h on 8 V100 for 200 ImageNet-1k epochs, scaled to 126,689 images x 200 epochs, four runs.
+    per_run = 53 * 8 * 126_689 / 1_281_167
+    assert f"~{per_run:,.0f} V100 GPU-hours" in pretrain[0]
+    assert f"expected pretraining GPU-hours: ~{4 * per_run:,.0f}" in text
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_missing_data_root_is_refused_before_anything_runs(tmp_path):
+    done = _run("in100-linear", "-o", str(tmp_path / "x"))
+    assert done.returncode == 2 and "needs --imagenet DIR" in done.stderr
+    done = _run("in100-linear", "-o", str(tmp_path / "x"), "--imagenet", str(tmp_path))
+    assert done.returncode == 2 and "no train/ folder there" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_every_plan_is_written_down_in_the_protocol_docs():
+    docs = (ROOT / "docs" / "protocols.md").read_text()
+    section = docs.split("## Reproduction tables", 1)[1].split("\n## ", 1)[0]
+    for name, plan in plans.PLANS.items():
+        assert f"`{name}`" in section, name
+        for suite in plan.suites:
+            assert f"`{suite.suite}`" in section, (name, suite.suite)
+    for n, s, s_prime in plans.MOCHI_VARIANTS.values():
+        assert f"({n}, {s}, {s_prime})" in section
+    assert "16384" in section and "53 hours" in section
+
+
+def test_the_submitit_job_requeues_the_same_command():
+    pytest.importorskip("submitit")
+    from mochi.cli.slurm import CommandJob
+
+    again = CommandJob().checkpoint(["pretrain", "--resume", "auto"])
+    assert isinstance(again.function, CommandJob) and again.args == (["pretrain", "--resume", "auto"],)
+
+
+def _tiny_plan() -> plans.Plan:
+    run = ("--data", "fashion-mnist-embedded", "--limit", "64", "-a", "resnet18", "--image-size", "32",
+           "--aug", "aug-plus-small", "--epochs", "1", "-b", "32", "--moco-k", "64", "-j", "0")  # fmt: skip
+    options = ("--seeds", "0", "--limit-train", "100", "--limit-test", "50", "--option", "knn.ks=[5]",
+               "--option", "linear-lbfgs.c_values=[0.1]", "--option", "linear-sgd-grid.epochs=1",
+               "--option", "linear-sgd-grid.lrs=[0.1]",
+               "--option", "linear-sgd-grid.weight_decays=[0]")  # fmt: skip
+    suite = plans.SuiteRun("fashion-mnist", options)
+    return plans.Plan("tiny", "tiny", (plans.Run("moco", run, 1, 0),), (suite,), ())
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_every_stage_in_order(tmp_path):
+    pytest.importorskip("submitit")
+    args = argparse.Namespace(
+        output=str(tmp_path / "r"), imagenet=None, gpus_per_node=0, nodes=1, time_min=30, cpus_per_task=2,
+        partition=None, account=None, cluster="local", nproc_per_node=1,
+    )  # fmt: skip
+    jobs = reproduce.run_slurm(reproduce.build_stages(_tiny_plan(), args), args)
+    assert len(jobs) == 5 and [j.state for j in jobs] == ["FINISHED"] * 5  # pretrain, suite, 3 tables
+    out = Path(args.output)
+    assert (out / "pretrain" / "moco" / "checkpoint_0000.pth.tar").is_file()
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    assert len(rows) == 1 and rows[0]["backbone"] == "moco/checkpoint_0000.pth.tar"
+    assert "|" in (out / "table.md").read_text() and r"\toprule" in (out / "table.tex").read_text()
+
+
+@pytest.mark.slow
+def test_mini_sh_runs_the_whole_path_on_the_embedded_data(tmp_path):
+    """scripts/reproduce/mini.sh: two methods pretrained, the suite with two seeds, the table."""
+    out = tmp_path / "mini"
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "reproduce" / "mini.sh"), "-o", str(out)],
+        capture_output=True, text=True, check=False, env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for run in ("moco-v2", "mochi"):
+        assert (out / "pretrain" / run / "checkpoint_0001.pth.tar").is_file()
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    labels = ["moco-v2/checkpoint_0001.pth.tar", "mochi/checkpoint_0001.pth.tar", "random-init resnet18"]
+    assert [r["backbone"] for r in rows] == labels
+    lbfgs = [c for c in rows[0] if "lbfgs" in c and c.endswith(" n")]
+    assert lbfgs and all(r[lbfgs[0]] == "2" for r in rows)  # two seeds per cell
