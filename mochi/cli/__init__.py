@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mochi.cli.results:results_cmd",
         "List the records in RESULTS_DIR (oldest first), one row each.",
     ),
+    "plot": (
+        "mochi.cli.plot:plot_cmd",
+        "Draw training curves of runs, or kNN top-1 against k from records (PNG, SVG, PDF).",
+    ),
 }
 
 
