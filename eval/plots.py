@@ -105,8 +105,11 @@ def training_curves(runs: Sequence[str | Path | RunCurves]) -> Figure:
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(5.2 * cols, 3.0 * rows), layout="constrained")
+    first = None
     for index, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, index + 1)
+        # one x range for all panels: the MoCHi similarities, logged once mixing is on, line up with the rest
+        ax = fig.add_subplot(rows, cols, index + 1, sharex=first)
+        first = first or ax
         for colour, (run, name) in enumerate(zip(loaded, names, strict=True)):
             xs, ys = run.series(key)
             if xs:
