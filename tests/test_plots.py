@@ -57,6 +57,7 @@ def panels(fig) -> dict:
     return {ax.get_title(): ax for ax in fig.axes}
 
 
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
 def test_curves_draw_the_metrics_values(runs):
     fig = training_curves([runs["moco"], runs["mochi"]])
     axes = panels(fig)
@@ -79,6 +80,7 @@ def test_curves_draw_the_metrics_values(runs):
     assert first_mixing["global_step"] == per_epoch + 1
 
 
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
 def test_a_run_still_writing_is_plotted_without_its_torn_line(runs, tmp_path):
     copy = tmp_path / "mochi"
     shutil.copytree(runs["mochi"], copy)
@@ -87,6 +89,7 @@ def test_a_run_still_writing_is_plotted_without_its_torn_line(runs, tmp_path):
     assert load_run(copy).steps == step_rows(runs["mochi"])
 
 
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
 def test_plot_curves_cli_writes_png_and_svg(runs, tmp_path):
     out = tmp_path / "plots" / "curves"
     res = CliRunner().invoke(main, ["plot", "curves", str(runs["moco"]), str(runs["mochi"]), "-o", str(out)])
@@ -144,6 +147,7 @@ def test_knn_plot_draws_the_records_settings(results, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["knn.png"]
 
 
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
 def test_bad_input_is_one_clear_error_and_writes_nothing(runs, tmp_path):
     def plot(*args):
         return CliRunner().invoke(main, ["plot", *args])
