@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes and content hashes."""
+"""Small file helpers shared by every stage: atomic writes, content hashes, JSON-lines logs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from mochi.errors import MochiError
+
+log = logging.getLogger("mochi")
 
 
 def current_umask() -> int:
@@ -104,3 +107,28 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSON-lines file (one JSON value per line; blank lines skipped).
+
+    A torn last line (the writer was killed mid-write) is dropped with a warning, so a run's log stays
+    readable while, or after, it is written; a damaged line before the last is an error naming the file
+    and line.
+    """
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s: dropping a torn last line (its writer was stopped mid-write)", path)
+                continue
+            raise MochiError(
+                f"{path} line {number} is not JSON: the file is damaged. Repair or remove that line"
+            ) from None
+    return records

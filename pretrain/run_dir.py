@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mochi.errors import MochiError
-from mochi.io import atomic_write_text
+from mochi.io import atomic_write_text, read_jsonl
 from mochi.layout import list_checkpoints
 from mochi.pretrain.config import RESUME_MUST_MATCH, PretrainConfig, upgrade
 
@@ -108,23 +108,8 @@ def check_resume_config(saved: dict[str, Any], cfg: PretrainConfig, path: Path) 
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``. A torn last line (the process was killed mid-write) is dropped
-    with a warning; a damaged line before the last is an error naming the file and line."""
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                log.warning("%s: dropping a torn last line (the run was stopped mid-write)", path)
-                continue
-            raise MochiError(
-                f"{path} line {number} is not JSON: the metrics file is damaged. Repair or remove that line"
-            ) from None
-    return records
+    """The records of a ``metrics.jsonl``: :func:`mochi.io.read_jsonl` (a torn last line is dropped)."""
+    return read_jsonl(path)
 
 
 class MetricsLogger:

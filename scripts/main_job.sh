@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: pretrain MoCo-v2 and MoCHi briefly on the embedded Fashion-MNIST subset (10k images),
-# leaving checkpoints and logs in RUN_DIR/moco and RUN_DIR/mochi, then evaluate a random-init backbone and
-# both checkpoints with kNN and linear probes (records in RUN_DIR/results) and print the comparison.
+# leaving checkpoints and logs in RUN_DIR/moco and RUN_DIR/mochi and their training curves in RUN_DIR/plots,
+# then evaluate a random-init backbone and both checkpoints with kNN and linear probes (records in
+# RUN_DIR/results), print the comparison and plot kNN top-1 against k (RUN_DIR/plots/knn.*).
 # Re-running continues or skips finished pretraining runs (--resume auto) and adds a new set of records.
 # Usage: bash scripts/main_job.sh [RUN_DIR]   (default runs/main)
 set -euo pipefail
@@ -22,6 +23,9 @@ echo "== MoCo-v2 -> $RUN_DIR/moco"
 echo "== MoCHi (512, 512, 128), mixing from epoch 2 -> $RUN_DIR/mochi"
 "$MOCHI" pretrain "${COMMON[@]}" --mochi-n 512 --mochi-s 512 --mochi-s-prime 128 --mochi-warmup 1 \
   -o "$RUN_DIR/mochi"
+
+echo "== training curves -> $RUN_DIR/plots/curves.{png,svg}"
+"$MOCHI" plot curves "$RUN_DIR/moco" "$RUN_DIR/mochi" -o "$RUN_DIR/plots/curves"
 
 echo "== evaluation (kNN, linear) -> $RUN_DIR/results"
 bash scripts/main_job_eval.sh "$RUN_DIR"

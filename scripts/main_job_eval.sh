@@ -2,7 +2,7 @@
 # Evaluate the main job's backbones on the embedded Fashion-MNIST data and print their comparison:
 # random-init ResNet-18 (baseline), the latest MoCo-v2 and MoCHi checkpoints of RUN_DIR/{moco,mochi}/;
 # kNN (k 10/20/100/200, T 0.07) and linear (lbfgs, sgd-grid) on one shared, cached feature pass each.
-# Records go to RUN_DIR/results. About 2 minutes on 2 CPU cores.
+# Records go to RUN_DIR/results, the kNN plot to RUN_DIR/plots/knn.{png,svg}. About 2 minutes on 2 CPU cores.
 #   usage: bash scripts/main_job_eval.sh RUN_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +43,4 @@ echo
 "$MOCHI" results "$RESULTS" --metrics top1,top5,mean_per_class
 echo
 "$MOCHI" table "$RESULTS" --knn all
+"$MOCHI" plot knn "$RESULTS" -o "$RUN_DIR/plots/knn"

@@ -1,6 +1,7 @@
 import pytest
 
-from mochi.io import atomic_open, atomic_write_json, current_umask, sha256_file
+from mochi.errors import MochiError
+from mochi.io import atomic_open, atomic_write_json, current_umask, read_jsonl, sha256_file
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):
@@ -88,3 +89,13 @@ def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", _failing(PermissionError(13, "Permission denied")))
     with pytest.raises(MochiError, match="cannot write .*x.json: Permission denied .*writable folder"):
         atomic_write_json(tmp_path / "x.json", {})
+
+
+def test_read_jsonl_drops_only_a_torn_last_line(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3, "b"')  # killed mid-write
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert "torn last line" in caplog.text
+    path.write_text('{"a": 1}\n{broken\n{"a": 3}\n')
+    with pytest.raises(MochiError, match="metrics.jsonl line 2 is not JSON"):
+        read_jsonl(path)

@@ -61,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mochi.cli.table:table_cmd",
         "Pivot the records of RESULTS_DIR... into a table: one row per backbone, mean ± std over seeds.",
     ),
+    "plot": (
+        "mochi.cli.plot:plot_cmd",
+        "Draw training curves of runs, or kNN top-1 against k from records (PNG, SVG, PDF).",
+    ),
 }
 
 

@@ -1,0 +1,302 @@
+"""Pictures of runs and records: training curves from ``metrics.jsonl``, kNN top-1 against k from records.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: drawing here
+switches no backend and leaves no current figure behind in a program that imports this module, and works
+on a machine without a display. Every figure is drawn from files a run or an evaluation wrote (the numbers
+are never typed), and the data behind each line is kept so a test can compare it with its source:
+:func:`load_run` and :func:`knn_series` return what :func:`training_curves` and :func:`knn_curve` draw.
+:func:`save_figure` writes PNG / SVG / PDF atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from mochi.errors import MochiError
+from mochi.io import atomic_open, read_jsonl, write_problem
+
+from .records import seed_of, setting_key
+
+# The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles.
+# ``hard_sim`` / ``synthetic_sim`` are written by MoCHi runs once mixing has started.
+QUANTITIES: tuple[tuple[str, str], ...] = (
+    ("loss", "loss (InfoNCE)"),
+    ("top1", "proxy-task top-1 (positive is the top logit)"),
+    ("lr", "learning rate"),
+    ("images_per_s", "images / s"),
+    ("hard_sim", "hardest-negative similarity (MoCHi)"),
+    ("synthetic_sim", "synthetic-negative similarity (MoCHi)"),
+)
+FORMATS = ("png", "svg", "pdf")
+DEFAULT_FORMATS = ("png", "svg")
+MIXING_GID = "mixing-start"  # the gid of the dashed line marking where a run starts mixing
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training curves
+
+
+@dataclass
+class RunCurves:
+    """The step records of one pretraining run, as drawn.
+
+    ``steps``: the ``type == "step"`` rows of ``metrics.jsonl`` in file order; ``mixing_start``: the global
+    step after which MoCHi mixing is on (the start of the first mixing epoch), None when the run never mixed.
+    """
+
+    name: str
+    path: Path
+    steps: list[dict[str, Any]]
+    mixing_start: int | None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """``(global steps, values)`` of ``key`` over the step rows that have it."""
+        rows = [
+            r for r in self.steps if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+        ]
+        return [int(r["global_step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def load_run(run_dir: str | Path) -> RunCurves:
+    """Read ``RUN_DIR/metrics.jsonl`` (a torn last line, from a run still writing or killed, is dropped)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise MochiError(
+            f"{run_dir} has no metrics.jsonl: pass a pretraining run directory (the -o of mochi pretrain)"
+        )
+    rows = [r for r in read_jsonl(path) if isinstance(r, dict)]
+    steps = [r for r in rows if r.get("type") == "step" and isinstance(r.get("global_step"), int)]
+    if not steps:
+        raise MochiError(
+            f"{path} holds no step records yet: plot the run once it has logged a step "
+            "(--log-every sets how often)"
+        )
+    first_mixing = next((r for r in steps if r.get("mixing") is True), None)
+    # A step record's global step is epoch·steps_per_epoch + step, so this is where its epoch began.
+    mixing_start = None if first_mixing is None else int(first_mixing["global_step"] - first_mixing["step"])
+    return RunCurves(run_dir.resolve().name or str(run_dir), run_dir, steps, mixing_start)
+
+
+def _unique_names(runs: Sequence[RunCurves]) -> list[str]:
+    # "a/moco" and "b/moco" are told apart by their parent folder.
+    names = [r.name for r in runs]
+    return [f"{r.path.resolve().parent.name}/{r.name}" if names.count(r.name) > 1 else r.name for r in runs]
+
+
+def training_curves(runs: Sequence[str | Path | RunCurves]) -> Figure:
+    """One panel per quantity of :data:`QUANTITIES` that any run logged, one line per run (colour ``C<i>``,
+    label = run directory name) over the global step, and a dashed vertical line (gid :data:`MIXING_GID`)
+    where each MoCHi run starts mixing. A run without a quantity draws nothing in its panel."""
+    loaded = [r if isinstance(r, RunCurves) else load_run(r) for r in runs]
+    if not loaded:
+        raise MochiError("no run to plot: pass at least one pretraining run directory")
+    names = _unique_names(loaded)
+    panels = [(key, title) for key, title in QUANTITIES if any(run.series(key)[0] for run in loaded)]
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.2 * cols, 3.0 * rows), layout="constrained")
+    first = None
+    for index, (key, title) in enumerate(panels):
+        # one x range for all panels: the MoCHi similarities, logged once mixing is on, line up with the rest
+        ax = fig.add_subplot(rows, cols, index + 1, sharex=first)
+        first = first or ax
+        for colour, (run, name) in enumerate(zip(loaded, names, strict=True)):
+            xs, ys = run.series(key)
+            if xs:
+                # lr is set per epoch: drawn as steps, each value held over the steps that led to its record
+                style = "steps-pre" if key == "lr" else "default"
+                ax.plot(xs, ys, color=f"C{colour}", label=name, linewidth=1.4, drawstyle=style)
+            if run.mixing_start is not None:
+                ax.axvline(
+                    run.mixing_start, color=f"C{colour}", linestyle="--", linewidth=1.0,
+                    label=f"{name}: mixing starts", gid=MIXING_GID,
+                )  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kNN top-1 against k
+
+# The names eval.knn.setting_name gives the settings of a record ("k20_T0.07"); parsed here so that drawing
+# does not import torch.
+_SETTING = re.compile(r"^k(\d+)_T(.+)$")
+
+
+@dataclass
+class KnnSeries:
+    """One line of :func:`knn_curve`: a backbone at one temperature T.
+
+    ``top1[i]`` is the mean top-1 (%) at ``ks[i]`` over ``seeds`` records of one setting; ``std[i]`` their
+    sample standard deviation (None with one seed).
+    """
+
+    label: str
+    temperature: float
+    ks: list[int]
+    top1: list[float]
+    std: list[float] | None
+    seeds: int
+
+
+def _backbone_label(record: dict[str, Any]) -> str:
+    ev = record.get("evaluated", {})
+    checkpoint = ev.get("checkpoint")
+    return ev.get("label") or (Path(str(checkpoint)).name if checkpoint else "random-init")
+
+
+def _when(record: dict[str, Any]) -> tuple[str, str]:
+    return (str(record.get("created")), str(record.get("id")))
+
+
+def _settings(record: dict[str, Any]) -> dict[float, dict[int, float]]:
+    """``{T: {k: top1}}`` of one kNN record."""
+    out: dict[float, dict[int, float]] = {}
+    for name, values in record.get("metrics", {}).get("settings", {}).items():
+        m = _SETTING.match(name)
+        if m and isinstance(values, dict) and isinstance(values.get("top1"), (int, float)):
+            out.setdefault(float(m.group(2)), {})[int(m.group(1))] = float(values["top1"])
+    return out
+
+
+def knn_series(records: Iterable[dict[str, Any]]) -> list[KnnSeries]:
+    """The lines of the kNN plot from result records: the ``task == "knn"`` ones, grouped into settings
+    (:func:`~mochi.eval.records.setting_key`); the seeds of a setting (:func:`~mochi.eval.records.seed_of`)
+    are averaged, and of repeated evaluations of one seed the newest counts."""
+    newest: dict[tuple[str, Any], dict[str, Any]] = {}
+    for record in records:
+        if record.get("task") != "knn" or not _settings(record):
+            continue
+        key = (setting_key(record), seed_of(record))
+        if key not in newest or _when(record) > _when(newest[key]):
+            newest[key] = record
+    if not newest:
+        raise MochiError(
+            "no kNN records to plot: evaluate backbones with 'mochi knn ... -o RESULTS_DIR' first"
+        )
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for (setting, _), record in sorted(newest.items(), key=lambda kv: _when(kv[1])):
+        groups.setdefault(setting, []).append(record)
+
+    series = []
+    datasets = {str(r.get("data", {}).get("dataset")) for r in newest.values()}
+    for members in groups.values():
+        label = _backbone_label(members[0])
+        if len(datasets) > 1:
+            label += f" [{members[0].get('data', {}).get('dataset')}]"
+        per_seed = [_settings(r) for r in members]
+        for t in sorted(set.intersection(*(set(s) for s in per_seed))):
+            ks = sorted(set.intersection(*(set(s[t]) for s in per_seed)))
+            values = [[s[t][k] for s in per_seed] for k in ks]
+            means = [statistics.fmean(v) for v in values]
+            std = None
+            if len(members) > 1:
+                std = [statistics.stdev(v) for v in values]  # sample std (n - 1)
+            series.append(KnnSeries(label, t, ks, means, std, len(members)))
+    return series
+
+
+def knn_curve(records_or_series: Iterable[dict[str, Any]] | Sequence[KnnSeries]) -> Figure:
+    """kNN top-1 (%) against k (log scale), one line per backbone and T (label ``"<backbone> T=<T>"``, plus
+    ``"(n seeds)"`` with error bars of ± one sample standard deviation when a setting has several seeds)."""
+    items = list(records_or_series)
+    series = items if items and isinstance(items[0], KnnSeries) else knn_series(items)
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    labels = [
+        f"{s.label} T={s.temperature:g}" + (f" ({s.seeds} seeds)" if s.seeds > 1 else "") for s in series
+    ]
+    for colour, (s, label) in enumerate(zip(series, labels, strict=True)):
+        ax.plot(s.ks, s.top1, marker="o", color=f"C{colour % 10}", label=label)
+        if s.std is not None:
+            # fmt="none": only the bars, so the axes' lines stay one per series
+            ax.errorbar(s.ks, s.top1, yerr=s.std, fmt="none", ecolor=f"C{colour % 10}", capsize=0)
+    all_ks = sorted({k for s in series for k in s.ks})
+    ax.set_xscale("log")
+    ax.set_xticks(all_ks, [str(k) for k in all_ks])
+    ax.minorticks_off()
+    ax.set_xlabel("k (neighbours)")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_title("kNN top-1 against k (weighted vote)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bar charts of a `mochi table` column group (mean ± std as error bars) are rendered from the table's cells
+# and belong here, beside the table code they read; `mochi plot bars` will call them.
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def output_paths(output: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
+    """The files :func:`save_figure` writes for ``output``: ``OUT.<format>`` per format. A suffix naming a
+    format (``curves.png``) is dropped from the stem and, without ``formats``, is the only format written;
+    otherwise ``formats`` defaults to :data:`DEFAULT_FORMATS`."""
+    output = Path(output)
+    suffix = output.suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        output = output.with_suffix("")
+        formats = formats or (suffix,)
+    formats = tuple(f.strip().lower() for f in (formats or DEFAULT_FORMATS))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise MochiError(
+            f"cannot write images as {', '.join(unknown) or 'nothing'}: choose from {', '.join(FORMATS)}"
+        )
+    return [output.with_name(f"{output.name}.{f}") for f in dict.fromkeys(formats)]
+
+
+def save_figure(
+    fig: Figure, output: str | Path, formats: Sequence[str] | None = None, dpi: int = 100
+) -> list[Path]:
+    """Write ``fig`` as each of :func:`output_paths`, atomically; returns the paths written.
+
+    Every image is rendered before the first is written, and if a write fails the images this call wrote
+    are removed, so a failure leaves no half-updated set of pictures.
+    """
+    paths = output_paths(output, formats)
+    folder = paths[0].parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise MochiError(f"cannot write {paths[0]}: {blocker} is a file, not a folder. Choose another output")
+    images = []
+    for path in paths:
+        buf = io.BytesIO()
+        fmt = path.suffix.lstrip(".")
+        # No creation date in SVG / PDF: the same data gives the same file.
+        metadata = {"Date": None} if fmt in ("svg", "pdf") else None
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
+        images.append(buf.getvalue())
+    written: list[Path] = []
+    try:
+        for path, data in zip(paths, images, strict=True):
+            with atomic_open(path, "wb") as fh:
+                fh.write(data)
+            written.append(path)
+    except OSError as err:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise MochiError(write_problem(paths[0], err) or f"cannot write {paths[0]}: {err}") from err
+    except MochiError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written

@@ -1,0 +1,71 @@
+"""``mochi plot``: pictures of pretraining runs and evaluation records (PNG, SVG, PDF)."""
+
+from __future__ import annotations
+
+import click
+
+OUTPUT_HELP = (
+    "Where to write: a path without suffix gets one file per --format (plots/curves -> plots/curves.png, "
+    "plots/curves.svg); a .png / .svg / .pdf suffix alone writes that format."
+)
+FORMAT_HELP = "Comma-separated image formats: png, svg, pdf.  [default: png,svg, or the suffix of -o]"
+
+
+def _formats(value: str | None) -> list[str] | None:
+    return [f for f in value.split(",") if f.strip()] if value else None
+
+
+def _echo(paths) -> None:
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+@click.group("plot")
+def plot_cmd() -> None:
+    """Draw training curves of runs, or kNN top-1 against k from records (PNG, SVG, PDF)."""
+
+
+@plot_cmd.command("curves")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
+def curves_cmd(run_dirs: tuple[str, ...], output: str, formats: str | None) -> None:
+    """Training curves of RUN_DIRS side by side, from each run's metrics.jsonl.
+
+    One panel per quantity (loss, proxy-task top-1, lr, images/s; for MoCHi the hardest-negative and
+    synthetic similarities), one line per run, a dashed line where a MoCHi run starts mixing.
+
+    \b
+    Example:
+      mochi plot curves runs/main/moco runs/main/mochi -o runs/main/plots/curves
+    """
+    from mochi.eval.plots import load_run, output_paths, save_figure, training_curves
+
+    output_paths(output, _formats(formats))  # a bad --format is refused before any file is read
+    fig = training_curves([load_run(d) for d in run_dirs])
+    _echo(save_figure(fig, output, _formats(formats)))
+
+
+@plot_cmd.command("knn")
+@click.argument("results_dirs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
+def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None) -> None:
+    """kNN top-1 against k from the kNN records in RESULTS_DIRS, one line per backbone and T.
+
+    Several seeds of one setting are averaged, with ± one standard deviation as error bars; of repeated
+    evaluations of one seed the newest counts.
+
+    \b
+    Example:
+      mochi plot knn runs/main/results -o runs/main/plots/knn
+    """
+    from mochi.eval.plots import knn_curve, output_paths, save_figure
+    from mochi.eval.records import load_records
+
+    output_paths(output, _formats(formats))
+    records = [r for d in results_dirs for r in load_records(d)]
+    _echo(save_figure(knn_curve(records), output, _formats(formats)))
+
+
+# `mochi plot bars` (a column group of `mochi table` as bars with ± error bars) joins here, with the table.

@@ -1,0 +1,171 @@
+"""`mochi plot`: the drawn series are the values of the run's metrics.jsonl and of the kNN records."""
+
+import json
+import shutil
+import statistics
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mochi.cli import main
+from mochi.eval.plots import MIXING_GID, QUANTITIES, knn_curve, knn_series, load_run, training_curves
+from mochi.eval.records import load_records
+from mochi.pretrain.config import PretrainConfig
+from mochi.pretrain.train import pretrain
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TITLES = dict(QUANTITIES)
+KNN = [
+    "knn", "--random-init", "-a", "resnet18", "--data", "fashion-mnist-embedded", "--image-size", "32",
+    "--limit-train", "200", "--limit-test", "60", "-b", "100", "-q", "--no-cache", "-k", "5,10,20",
+    "-t", "0.07,0.1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two real, tiny pretraining runs: MoCo-v2 (1 epoch) and MoCHi mixing from its second epoch."""
+    root = tmp_path_factory.mktemp("runs")
+    common = dict(
+        data="fashion-mnist-embedded", limit=64, arch="resnet18", image_size=32, aug="aug-plus-small",
+        batch_size=32, queue_size=64, momentum=0.99, bn_splits=2, workers=0, log_every=1,
+    )  # fmt: skip
+    pretrain(PretrainConfig(**common, epochs=1, output=str(root / "moco")), show_progress=False)
+    mixing = dict(n_hard=16, s=16, s_prime=4, mochi_warmup=1)
+    pretrain(PretrainConfig(**common, **mixing, epochs=2, output=str(root / "mochi")), show_progress=False)
+    return {"moco": root / "moco", "mochi": root / "mochi"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """Real kNN records of a random-init ResNet-18 with two init seeds."""
+    out = tmp_path_factory.mktemp("results")
+    for seed in ("0", "1"):
+        res = CliRunner().invoke(main, [*KNN, "--init-seed", seed, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+    return out
+
+
+def step_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["type"] == "step"]
+
+
+def panels(fig) -> dict:
+    return {ax.get_title(): ax for ax in fig.axes}
+
+
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
+def test_curves_draw_the_metrics_values(runs):
+    fig = training_curves([runs["moco"], runs["mochi"]])
+    axes = panels(fig)
+    assert set(axes) == {title for _, title in QUANTITIES}  # MoCHi logged hard_sim / synthetic_sim
+    for key, title in QUANTITIES:
+        drawn = {line.get_label(): line for line in axes[title].get_lines() if line.get_gid() != MIXING_GID}
+        for name, run_dir in runs.items():
+            rows = [r for r in step_rows(run_dir) if key in r]
+            if not rows:  # MoCo-v2 has no similarities of mixed negatives: no line
+                assert name not in drawn
+                continue
+            assert list(drawn[name].get_xdata()) == [r["global_step"] for r in rows]
+            assert list(drawn[name].get_ydata()) == [r[key] for r in rows]
+    # mixing starts after the warm-up epoch: at 1 × steps_per_epoch, marked for MoCHi only
+    per_epoch = json.loads((runs["mochi"] / "config.json").read_text())["steps_per_epoch"]
+    marks = [line for line in axes[TITLES["loss"]].get_lines() if line.get_gid() == MIXING_GID]
+    assert [m.get_label() for m in marks] == ["mochi: mixing starts"]
+    assert list(marks[0].get_xdata()) == [per_epoch, per_epoch]
+    first_mixing = next(r for r in step_rows(runs["mochi"]) if r["mixing"])
+    assert first_mixing["global_step"] == per_epoch + 1
+
+
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
+def test_a_run_still_writing_is_plotted_without_its_torn_line(runs, tmp_path):
+    copy = tmp_path / "mochi"
+    shutil.copytree(runs["mochi"], copy)
+    with open(copy / "metrics.jsonl", "a") as fh:
+        fh.write('{"type": "step", "loss": 6.')  # the run is writing this line
+    assert load_run(copy).steps == step_rows(runs["mochi"])
+
+
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
+def test_plot_curves_cli_writes_png_and_svg(runs, tmp_path):
+    out = tmp_path / "plots" / "curves"
+    res = CliRunner().invoke(main, ["plot", "curves", str(runs["moco"]), str(runs["mochi"]), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    png, svg = out.with_name("curves.png"), out.with_name("curves.svg")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png", "curves.svg"]
+    assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 10_000
+    root = ET.parse(svg).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    # the SVG holds the panels' titles as text
+    assert TITLES["hard_sim"] in svg.read_text()
+    # a suffix alone chooses the format
+    res = CliRunner().invoke(main, ["plot", "curves", str(runs["moco"]), "-o", str(tmp_path / "one.pdf")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "one.pdf").read_bytes().startswith(b"%PDF") and not (tmp_path / "one.png").exists()
+
+
+def test_knn_plot_draws_the_records_settings(results, tmp_path):
+    records = load_records(results)
+    assert len(records) == 2
+    # a newer evaluation of init seed 0 replaces the older one in the plot
+    newer = json.loads(json.dumps(records[0]))
+    newer["id"], newer["created"] = "z-newer", "9999-01-01T00:00:00.000000Z"
+    for values in newer["metrics"]["settings"].values():
+        values["top1"] += 1.0
+    by_seed = {r["evaluated"]["seed"]: r for r in [records[1], newer]}
+    series = knn_series([*records, newer])
+    assert [(s.label, s.temperature, s.seeds) for s in series] == [
+        ("random-init resnet18", 0.07, 2),
+        ("random-init resnet18", 0.1, 2),
+    ]
+    for s in series:
+        assert s.ks == [5, 10, 20]
+        top1 = {seed: r["metrics"]["settings"] for seed, r in by_seed.items()}
+        per_seed = [[top1[seed][f"k{k}_T{s.temperature:g}"]["top1"] for seed in (0, 1)] for k in s.ks]
+        assert s.top1 == pytest.approx([statistics.fmean(v) for v in per_seed])
+        assert s.std == pytest.approx([statistics.stdev(v) for v in per_seed])
+    (ax,) = knn_curve([*records, newer]).axes
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == [
+        "random-init resnet18 T=0.07 (2 seeds)",
+        "random-init resnet18 T=0.1 (2 seeds)",
+    ]
+    for line, s in zip(lines, series, strict=True):
+        assert list(line.get_xdata()) == s.ks and list(line.get_ydata()) == pytest.approx(s.top1)
+    # one seed: the record's own numbers, no error bars
+    (single,) = [s for s in knn_series(records[:1]) if s.temperature == 0.07]
+    settings = records[0]["metrics"]["settings"]
+    assert single.top1 == [settings[f"k{k}_T0.07"]["top1"] for k in (5, 10, 20)] and single.std is None
+
+    args = ["plot", "knn", str(results), "-o", str(tmp_path / "knn"), "--format", "png"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "knn.png").read_bytes().startswith(PNG_MAGIC)
+    assert [p.name for p in tmp_path.iterdir()] == ["knn.png"]
+
+
+@pytest.mark.slow  # two tiny pretraining runs (module fixture)
+def test_bad_input_is_one_clear_error_and_writes_nothing(runs, tmp_path):
+    def plot(*args):
+        return CliRunner().invoke(main, ["plot", *args])
+
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = plot("curves", str(runs["moco"]), str(empty), "-o", str(out / "c"))
+    assert res.exit_code == 1 and f"Error: {empty} has no metrics.jsonl" in res.output
+    assert "run directory (the -o of mochi pretrain)" in res.output
+    res = plot("knn", str(empty), "-o", str(out / "k"))
+    assert res.exit_code == 1 and "Error: no kNN records to plot" in res.output and "mochi knn" in res.output
+    res = plot("curves", str(runs["moco"]), "-o", str(out / "c"), "--format", "png,gif")
+    assert res.exit_code == 1 and "cannot write images as gif: choose from png, svg, pdf" in res.output
+    assert not out.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = plot("curves", str(runs["moco"]), "-o", str(blocker / "c"))
+    assert res.exit_code == 1 and f"{blocker} is a file, not a folder" in res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]
