@@ -25,6 +25,7 @@ from mochi.errors import MochiError
 from mochi.io import atomic_open, read_jsonl, write_problem
 
 from .records import seed_of, setting_key
+from .tables import Table
 
 # The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles.
 # ``hard_sim`` / ``synthetic_sim`` are written by MoCHi runs once mixing has started.
@@ -238,8 +239,49 @@ def knn_curve(records_or_series: Iterable[dict[str, Any]] | Sequence[KnnSeries])
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Bar charts of a `mochi table` column group (mean ± std as error bars) are rendered from the table's cells
-# and belong here, beside the table code they read; `mochi plot bars` will call them.
+# Bar charts of `mochi table` columns
+
+
+def table_bars(table: Table, columns: str | None = None) -> Figure:
+    """One panel per column of ``table`` whose label contains ``columns`` (all when None), one bar per row:
+    the cell's mean, with ± one sample standard deviation as an error bar when it has several seeds; a
+    published row's bar is hatched and labelled ``†``. The bars' heights and error bars are the cells'
+    numbers (``ax.patches``, ``ax.containers``): nothing is recomputed here."""
+    chosen = [c for c in table.columns if columns is None or columns.lower() in c.label.lower()]
+    if not chosen:
+        names = "; ".join(c.label for c in table.columns)
+        raise MochiError(f"no table column matches {columns!r}; columns: {names}")
+    per_row = min(3, len(chosen))
+    n_rows = math.ceil(len(chosen) / per_row)
+    fig = Figure(
+        figsize=(4.2 * per_row, 0.9 + 0.45 * len(table.rows) * n_rows + 1.2 * n_rows), layout="constrained"
+    )
+    axes = fig.subplots(n_rows, per_row, squeeze=False).ravel()
+    labels = [r.label + (" †" if r.published else "") for r in table.rows]
+    for ax, column in zip(axes, chosen, strict=False):
+        cells = [r.cells.get(column.label) for r in table.rows]
+        means = [c.mean if c is not None else math.nan for c in cells]
+        stds = [c.std if c is not None and c.std is not None else 0.0 for c in cells]
+        bars = ax.barh(range(len(cells)), means, xerr=stds, capsize=3, color="C0")
+        for bar, row in zip(bars, table.rows, strict=True):
+            if row.published:
+                bar.set_hatch("//")
+                bar.set_facecolor("white")
+                bar.set_edgecolor("C0")
+        for i, (mean, cell) in enumerate(zip(means, cells, strict=True)):
+            if cell is not None:
+                n = f" (n={cell.n})" if cell.n and cell.n > 1 else ""
+                ax.text(mean + (cell.std or 0.0), i, f" {mean:.1f}{n}", va="center", fontsize=7)
+        ax.set_yticks(range(len(cells)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(column.label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes[len(chosen) :]:
+        ax.set_visible(False)
+    if any(r.published for r in table.rows):
+        sources = "; ".join(sorted({r.source for r in table.rows if r.published and r.source}))
+        fig.suptitle(f"† published: {sources}", fontsize=7)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -289,15 +289,15 @@ def run_suite(cfg: SuiteConfig, on_event: Callable[[str], None] | None = None) -
 
 
 def write_tables(records: Sequence[dict[str, Any]], folder: Path) -> tuple[list[Path], str]:
-    """The suite's table from ``records`` as ``table.{md,csv,tex,json}`` in ``folder``; returns the paths and
-    the Markdown text."""
+    """The suite's table from ``records`` as ``table.{md,csv,tex,json}`` in ``folder``, and its pictures in
+    ``folder/plots`` (table columns as bars; kNN top-1 against k); returns the paths and the Markdown."""
     from mochi.io import atomic_write_text
 
     from .table_formats import render
     from .tables import build_table
 
     table = build_table(records)
-    paths, text = [], ""
+    paths, text = _plots(records, table, folder), ""
     for fmt, suffix in (("md", "md"), ("csv", "csv"), ("latex", "tex"), ("json", "json")):
         rendered = render(table, fmt, 1)
         path = folder / f"table.{suffix}"
@@ -331,3 +331,15 @@ def _run_detection(cfg: SuiteConfig, plan: SuitePlan, p: Planned, values: dict[s
     )  # fmt: skip
     record = run_detection_seed(config, p.seed, prepare_detection(config))
     return [record] if record is not None else []
+
+
+def _plots(records: Sequence[dict[str, Any]], table, folder: Path) -> list[Path]:
+    from .plots import knn_curve, save_figure, table_bars
+
+    paths = []
+    if table.columns:
+        paths += save_figure(table_bars(table), folder / "plots" / "table", ("png", "svg"))
+    knn = [r for r in records if r["task"] == "knn"]
+    if knn:
+        paths += save_figure(knn_curve(knn), folder / "plots" / "knn", ("png", "svg"))
+    return paths

@@ -169,3 +169,36 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(runs, tmp_path):
     assert res.exit_code == 1 and f"{blocker} is a file, not a folder" in res.output
     assert "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]
+
+
+def test_bars_are_the_table_cells_with_their_std(tmp_path):
+    """`mochi plot bars`: each bar's length is its cell's mean, each error bar its sample std; published
+    rows are hatched."""
+    from test_tables import IN1K, SHA_B, linear
+
+    from mochi.eval.plots import table_bars
+    from mochi.eval.records import write_records
+    from mochi.eval.tables import build_table
+
+    records = [linear(v, seed=s, protocol="moco", data=IN1K) for s, v in enumerate([60.0, 61.0, 62.5])]
+    records += [linear(70.0, protocol="moco", data=IN1K, sha=SHA_B, label="mochi/checkpoint_0199.pth.tar")]
+    table = build_table(records, reference="moco")
+    fig = table_bars(table, columns="linear")
+    ax = fig.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths[:2] == [pytest.approx(statistics.mean([60.0, 61.0, 62.5])), 70.0]
+    published = [r for r in table.rows if r.published and r.cells]
+    assert published and all(ax.patches[table.rows.index(r)].get_hatch() == "//" for r in published)
+    from matplotlib.container import ErrorbarContainer
+
+    (err,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = err.lines[2][0].get_segments()
+    half = (segments[0][1][0] - segments[0][0][0]) / 2
+    assert half == pytest.approx(statistics.stdev([60.0, 61.0, 62.5]))
+    with pytest.raises(Exception, match="no table column matches 'nope'; columns: IN-1k linear"):
+        table_bars(table, columns="nope")
+    # the command: PNG from a results folder
+    write_records(tmp_path / "results", records)
+    out = CliRunner().invoke(main, ["plot", "bars", str(tmp_path / "results"), "-o", str(tmp_path / "b.png")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,6 +40,7 @@ def test_dry_run_prints_every_command_and_the_gpu_hours(tmp_path):
     suite = [line for line in text.splitlines() if " -m mochi suite " in line]
     assert len(suite) == 1 and suite[0].count("checkpoint_0199.pth.tar") == 4 and "--suite in100" in suite[0]
     assert sum(" -m mochi table " in line for line in text.splitlines()) == 3
+    assert sum(" -m mochi plot " in line for line in text.splitlines()) == 2
     # 53 h on 8 V100 for 200 ImageNet-1k epochs, scaled to 126,689 images x 200 epochs, four runs.
     per_run = 53 * 8 * 126_689 / 1_281_167
     assert f"~{per_run:,.0f} V100 GPU-hours" in pretrain[0]
@@ -94,12 +95,15 @@ def test_submitit_local_executor_runs_every_stage_in_order(tmp_path):
         partition=None, account=None, cluster="local", nproc_per_node=1,
     )  # fmt: skip
     jobs = reproduce.run_slurm(reproduce.build_stages(_tiny_plan(), args), args)
-    assert len(jobs) == 5 and [j.state for j in jobs] == ["FINISHED"] * 5  # pretrain, suite, 3 tables
+    # pretrain, suite, 3 tables + 2 plots
+    assert len(jobs) == 7 and [j.state for j in jobs] == ["FINISHED"] * 7
     out = Path(args.output)
     assert (out / "pretrain" / "moco" / "checkpoint_0000.pth.tar").is_file()
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     assert len(rows) == 1 and rows[0]["backbone"] == "moco/checkpoint_0000.pth.tar"
     assert "|" in (out / "table.md").read_text() and r"\toprule" in (out / "table.tex").read_text()
+    for picture in ("table.png", "curves.png"):
+        assert (out / "plots" / picture).read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
@@ -118,3 +122,5 @@ def test_mini_sh_runs_the_whole_path_on_the_embedded_data(tmp_path):
     assert [r["backbone"] for r in rows] == labels
     lbfgs = [c for c in rows[0] if "lbfgs" in c and c.endswith(" n")]
     assert lbfgs and all(r[lbfgs[0]] == "2" for r in rows)  # two seeds per cell
+    for picture in ("plots/table.png", "plots/curves.png", "suites/fashion-mnist/plots/knn.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG", picture

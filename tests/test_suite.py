@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -145,3 +148,11 @@ def test_a_killed_suite_resumes_with_only_the_missing_evaluations(tmp_path, chec
     assert all(c == [True, True] for c in cached)
     again = run_suite(cfg)
     assert again["ran"] == [] and len(again["skipped"]) == 10
+    # ... and ends with the table and its pictures
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    assert [r["backbone"] for r in rows] == ["moco/checkpoint_0001.pth.tar", "random-init resnet18"]
+    lbfgs = [r for r in records if r["suite"]["step"] == "linear-lbfgs" and r["evaluated"].get("random_init")]
+    column = next(c for c in rows[1] if "lbfgs" in c and c.endswith(" mean"))
+    assert float(rows[1][column]) == pytest.approx(statistics.mean(r["metrics"]["top1"] for r in lbfgs))
+    for picture in ("table.png", "knn.png"):
+        assert (out / "plots" / picture).read_bytes()[:4] == b"\x89PNG"

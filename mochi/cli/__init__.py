@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plot": (
         "mochi.cli.plot:plot_cmd",
-        "Draw training curves of runs, or kNN top-1 against k from records (PNG, SVG, PDF).",
+        "Draw training curves of runs, kNN top-1 against k, or table columns as bars (PNG, SVG, PDF).",
     ),
 }
 

@@ -22,7 +22,7 @@ def _echo(paths) -> None:
 
 @click.group("plot")
 def plot_cmd() -> None:
-    """Draw training curves of runs, or kNN top-1 against k from records (PNG, SVG, PDF)."""
+    """Draw training curves of runs, kNN top-1 against k, or table columns as bars (PNG, SVG, PDF)."""
 
 
 @plot_cmd.command("curves")
@@ -68,4 +68,34 @@ def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None) -> 
     _echo(save_figure(knn_curve(records), output, _formats(formats)))
 
 
-# `mochi plot bars` (a column group of `mochi table` as bars with ± error bars) joins here, with the table.
+@plot_cmd.command("bars")
+@click.argument("results_dirs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
+@click.option("--columns", default=None, help="Only the table columns whose label contains this text.")
+@click.option("--reference", default=None, help="Add the published rows of this table (e.g. moco), hatched.")
+def bars_cmd(
+    results_dirs: tuple[str, ...],
+    output: str,
+    formats: str | None,
+    columns: str | None,
+    reference: str | None,
+) -> None:
+    """The columns of `mochi table RESULTS_DIRS` as bar charts: one bar per backbone, ± std as error bars.
+
+    \b
+    Example:
+      mochi plot bars runs/main/suite/results --columns lbfgs -o runs/main/plots/lbfgs
+    """
+    from mochi.errors import MochiError
+    from mochi.eval.plots import output_paths, save_figure, table_bars
+    from mochi.eval.records import load_records
+    from mochi.eval.tables import build_table
+
+    output_paths(output, _formats(formats))
+    records = {r["id"]: r for d in results_dirs for r in load_records(d)}
+    if not records:
+        raise MochiError(f"no result records in {', '.join(results_dirs)}: pass a results folder")
+    ordered = sorted(records.values(), key=lambda r: (r["created"], r["id"]))
+    table = build_table(ordered, reference=reference)
+    _echo(save_figure(table_bars(table, columns), output, _formats(formats)))

@@ -8,7 +8,8 @@ finishes an interrupted reproduction:
 
 1. pretraining, one `mochi pretrain --resume auto` per run (torchrun, or a SLURM job array);
 2. one `mochi suite` per suite on the runs' last checkpoints (finished evaluations are skipped);
-3. `mochi table` over every suite's records (Markdown, LaTeX, CSV) and `mochi plot` pictures.
+3. `mochi table` over every suite's records (Markdown, LaTeX, CSV), `mochi plot` bars of the table and
+   the training curves of every run.
 
 ``--launcher local`` runs the stages one after the other on this machine (torchrun for pretraining).
 ``--launcher slurm`` submits them through submitit (``pip install 'mochi-ssl[slurm]'``): a job array per
@@ -73,7 +74,10 @@ def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
         ["table", *results, "-o", str(out / "table.md")],
         ["table", *results, "--format", "latex", "-o", str(out / "table.tex")],
         ["table", *results, "--format", "csv", "-o", str(out / "table.csv")],
-    ]
+        ["plot", "bars", *results, "-o", str(out / "plots" / "table")],
+        ["plot", "curves", *(str(out / "pretrain" / run.name) for run in plan.runs), "-o",
+         str(out / "plots" / "curves")],
+    ]  # fmt: skip
     return [pretrain, Stage("suites", suites), Stage("report", report)]
 
 
