@@ -156,3 +156,37 @@ def test_a_killed_suite_resumes_with_only_the_missing_evaluations(tmp_path, chec
     assert float(rows[1][column]) == pytest.approx(statistics.mean(r["metrics"]["top1"] for r in lbfgs))
     for picture in ("table.png", "knn.png"):
         assert (out / "plots" / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
+def test_a_detection_suite_fine_tunes_each_seed_once(tmp_path, monkeypatch):
+    """A detection step runs through the detection driver: one record per seed, skipped when run again."""
+    from test_detection import TESTDATA, _needs_detectron2, _needs_testdata
+
+    _needs_detectron2()
+    _needs_testdata()
+    import torch
+
+    import mochi.eval.suite as suite_module
+    from mochi import layout
+    from mochi.eval.suites import Step, Suite
+    from mochi.resnet import build_torchvision_resnet
+
+    torch.manual_seed(0)
+    r50 = {f"module.encoder_q.{k}": v for k, v in build_torchvision_resnet("resnet50").state_dict().items()}
+    meta = {"format_version": layout.FORMAT_VERSION, "config": {"arch": "resnet50", "small_stem": False}}
+    checkpoint = tmp_path / "r50.pth"
+    torch.save({"epoch": 1, "arch": "resnet50", "state_dict": r50, "mochi": meta}, checkpoint)
+    voc = str(TESTDATA / "voc")
+    step = Step("smoke", "detection", "smoke_R50_C4",
+                {"config": "smoke_R50_C4", "train": [voc], "test": [voc]})  # fmt: skip
+    smoke = Suite("smoke", "VOC-layout photos", "docs/protocols.md#pascal-voc", {}, (step,), (0,))
+    monkeypatch.setattr(suite_module, "get_suite", lambda name: smoke)
+    cfg = SuiteConfig(checkpoints=[str(checkpoint)], suite="smoke", output=tmp_path / "s", num_gpus=0)
+    result = run_suite(cfg)
+    (record,) = result["records"]
+    assert record["task"] == "detection" and record["seed"] == 0 and "AP50" in record["metrics"]
+    assert record["suite"]["step"] == "smoke"
+    assert run_suite(cfg)["ran"] == []
+    assert "AP50" in (tmp_path / "s" / "table.md").read_text()
