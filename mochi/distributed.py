@@ -69,7 +69,9 @@ def resolve_device(name: str) -> torch.device:
         raise MochiError("--device cuda was requested but no CUDA device is available; use --device cpu")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda", local_rank())
+    # One process per device: LOCAL_RANK among the visible devices (a launcher that binds one device per
+    # process leaves only that one visible).
+    return torch.device("cuda", local_rank() % torch.cuda.device_count())
 
 
 # A collective that waits longer than this means another process stopped or died: fail instead of hanging.
@@ -100,7 +102,7 @@ def init_from_env(device_type: str) -> None:
         return
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank())
+        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=collective_timeout())
 
 

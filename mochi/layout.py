@@ -1,7 +1,9 @@
 """The checkpoint layout pretraining writes and the readers recognise: one place for its names.
 
 A pretraining checkpoint ``checkpoint_{epoch:04d}.pth.tar`` is the reference MoCo layout (``main_moco.py``)
-plus our metadata::
+plus our metadata; a mid-epoch checkpoint (``--save-every-steps``, or a stop signal)
+``checkpoint_{epoch:04d}_step{step:06d}.pth.tar`` is the same layout written ``step`` steps into the 0-based
+epoch ``epoch`` (its ``epoch`` key, epochs done, equals that index)::
 
     {
       "epoch": int,                # epochs done (the next epoch to run)
@@ -9,7 +11,9 @@ plus our metadata::
       "state_dict": {"module.encoder_q.*", "module.encoder_k.*", "module.queue", "module.queue_ptr"},
       "optimizer": {...},
       "mochi": {"format_version": 1, "config": {...}, "queue_ptr": int, "rng": {...},
-                "scaler": {...} | None, "versions": {...}, "metrics": {...}},
+                "scaler": {...} | None, "versions": {...}, "metrics": {...},
+                "step": int,            # steps done in epoch `epoch` (0: an end-of-epoch checkpoint)
+                "partial": {...}},      # mid-epoch only: the epoch's metric sums so far
     }
 
 Everything in it loads with ``torch.load(..., weights_only=True)``. A reader knows a file is ours by the
@@ -36,20 +40,33 @@ QUEUE_KEY = "module.queue"
 QUEUE_PTR_KEY = "module.queue_ptr"
 REQUIRED_KEYS = ("epoch", STATE_DICT_KEY, "optimizer")
 
-_NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
+_NAME = re.compile(r"^checkpoint_(\d{4,})(?:_step(\d{6,}))?\.pth\.tar$")
 
 
-def checkpoint_name(epoch_index: int) -> str:
-    """File name of the checkpoint written after 0-based epoch ``epoch_index``."""
-    return f"checkpoint_{epoch_index:04d}.pth.tar"
+def checkpoint_name(epoch_index: int, step: int | None = None) -> str:
+    """File name of the checkpoint written after 0-based epoch ``epoch_index``, or ``step`` steps into it."""
+    if step is None:
+        return f"checkpoint_{epoch_index:04d}.pth.tar"
+    return f"checkpoint_{epoch_index:04d}_step{step:06d}.pth.tar"
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints in ``run_dir`` sorted by epoch."""
+def is_mid_epoch(path: str | Path) -> bool:
+    """Whether ``path`` names a mid-epoch checkpoint (``checkpoint_{epoch:04d}_step{step:06d}.pth.tar``)."""
+    m = _NAME.match(Path(path).name)
+    return bool(m and m.group(2))
+
+
+def list_checkpoints(run_dir: str | Path, mid_epoch: bool = True) -> list[Path]:
+    """Checkpoints in ``run_dir`` in training order, oldest first: a mid-epoch checkpoint of epoch E comes
+    after the end of epoch E-1 and before the end of epoch E. ``mid_epoch=False`` lists epoch ends only."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name))]
+    found = []
+    for p in run_dir.iterdir():
+        if (m := _NAME.match(p.name)) and (mid_epoch or m.group(2) is None):
+            step = float("inf") if m.group(2) is None else int(m.group(2))
+            found.append(((int(m.group(1)), step), p))
     return [p for _, p in sorted(found)]
 
 

@@ -23,7 +23,7 @@ class GaussianBlur:
 
     PIL's filter runs on the 8-bit image: 3.6x faster per 224 px crop than torchvision's tensor blur
     (``benchmarks/bench_augment.py``), which also needs a kernel size the reference does not have. σ is
-    drawn from torch's generator, so DataLoader worker seeding (and our per-epoch reseeding) covers it.
+    drawn from torch's generator, which pretraining seeds per image (mochi.pretrain.sampling).
     """
 
     def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:

@@ -18,7 +18,7 @@ import torch
 from mochi import layout
 from mochi.errors import MochiError
 from mochi.io import atomic_torch_save
-from mochi.layout import checkpoint_name, list_checkpoints
+from mochi.layout import checkpoint_name, is_mid_epoch, list_checkpoints
 from mochi.versions import library_versions
 
 
@@ -40,6 +40,8 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 def build_checkpoint(
     *,
     epoch_index: int,
+    step: int = 0,
+    partial: dict[str, Any] | None = None,
     arch: str,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -48,10 +50,11 @@ def build_checkpoint(
     generator: torch.Generator | None = None,
     metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict after finishing 0-based epoch ``epoch_index`` (model unwrapped from DDP)."""
+    """The checkpoint dict after finishing 0-based epoch ``epoch_index`` (model unwrapped from DDP), or,
+    with ``step`` > 0, after ``step`` steps of it (``partial``: that epoch's metric sums so far)."""
     state_dict = {f"{layout.MODULE_PREFIX}{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     return {
-        "epoch": epoch_index + 1,
+        "epoch": epoch_index if step else epoch_index + 1,
         "arch": arch,
         layout.STATE_DICT_KEY: state_dict,
         "optimizer": optimizer.state_dict(),
@@ -63,17 +66,39 @@ def build_checkpoint(
             "scaler": scaler_state,
             "versions": library_versions(),
             "metrics": metrics or {},
+            "step": step,
+            **({"partial": partial} if step else {}),
         },
     }
 
 
+def checkpoint_step(ckpt: dict[str, Any]) -> int:
+    """Steps done in epoch ``ckpt["epoch"]`` (0 for an end-of-epoch checkpoint, or one of another tool)."""
+    meta = ckpt.get(layout.META_KEY)
+    return int(meta.get("step", 0)) if isinstance(meta, dict) else 0
+
+
 def save_checkpoint(ckpt: dict[str, Any], run_dir: str | Path, keep_last: int = 0) -> Path:
-    """Write ``ckpt`` atomically as ``checkpoint_{epoch:04d}.pth.tar``; prune to the ``keep_last`` newest."""
-    path = Path(run_dir) / checkpoint_name(ckpt["epoch"] - 1)
+    """Write ``ckpt`` atomically as ``checkpoint_{epoch:04d}.pth.tar`` (or ``..._step{step:06d}`` mid-epoch).
+
+    Then prune: mid-epoch checkpoints older than this one are removed (they only serve to resume, and
+    this one is newer); with ``keep_last`` > 0 only the newest ``keep_last`` end-of-epoch ones are kept.
+    The file just written is never removed.
+    """
+    step = checkpoint_step(ckpt)
+    path = Path(run_dir) / (
+        checkpoint_name(ckpt["epoch"], step) if step else checkpoint_name(ckpt["epoch"] - 1)
+    )
     atomic_torch_save(ckpt, path)
-    if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
+    listed = list_checkpoints(run_dir)
+    older = listed[: listed.index(path)] if path in listed else []
+    for old in older:
+        if is_mid_epoch(old):
             old.unlink(missing_ok=True)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir, mid_epoch=False)[:-keep_last]:
+            if old != path:
+                old.unlink(missing_ok=True)
     return path
 
 

@@ -103,7 +103,8 @@ class PretrainConfig:
     channels_last: bool = True  # GPU only
     seed: int = 0
     log_every: int = 20
-    save_every: int = 1
+    save_every: int = 1  # epochs between checkpoints (the last is always saved)
+    save_every_steps: int | None = None  # also a mid-epoch checkpoint every N steps (preemptible jobs)
     keep_last: int = 0  # 0 keeps every checkpoint
     resume: str | None = None  # "auto" (latest in output, if any) or a checkpoint path
     stop_after: int | None = None  # stop after this many epochs in this invocation (job time limits)
@@ -157,7 +158,7 @@ def validate(cfg: PretrainConfig, world: int) -> None:
     for name in ("epochs", "batch_size", "queue_size", "dim", "log_every", "save_every", "base_lr"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(name, f"must be positive, got {getattr(cfg, name)}")
-    for name in ("lr", "stop_after", "limit", "bn_splits"):
+    for name in ("lr", "stop_after", "limit", "bn_splits", "save_every_steps"):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise ConfigError(name, f"must be positive, got {getattr(cfg, name)}")
     for name in ("weight_decay", "sgd_momentum", "workers", "seed", "keep_last", "mochi_warmup"):

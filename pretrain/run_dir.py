@@ -112,23 +112,34 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
+def _before(record: dict[str, Any], epoch: int, step: int) -> bool:
+    """Whether a metrics record was written before ``step`` steps into ``epoch`` were done."""
+    if record.get("epoch", 0) != epoch:
+        return record.get("epoch", 0) < epoch
+    return record.get("type") == "step" and record.get("step", 0) <= step
+
+
 class MetricsLogger:
     """metrics.jsonl (one JSON object per line) plus TensorBoard scalars when tensorboard is installed."""
 
-    def __init__(self, run_dir: Path, start_epoch: int, enabled: bool, first_step: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, start_epoch: int, enabled: bool, first_step: int = 0, start_step: int = 0
+    ) -> None:
+        """Resuming at ``start_step`` steps into epoch ``start_epoch`` (global step ``first_step``) drops the
+        records of the steps that will be replayed."""
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if not enabled:
             return
-        if self.path.exists():  # resuming: drop records of epochs that will be replayed
-            keep = [r for r in read_metrics(self.path) if r.get("epoch", 0) < start_epoch]
+        if self.path.exists():  # resuming: drop records of steps that will be replayed
+            keep = [r for r in read_metrics(self.path) if _before(r, start_epoch, start_step)]
             atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
             # On resume, points from the replayed steps onwards are purged, so no curve holds them twice.
-            purge = first_step + 1 if start_epoch > 0 else None
+            purge = first_step + 1 if first_step > 0 else None
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict[str, Any], step: int) -> None:

@@ -1,9 +1,12 @@
 """The pretraining loop: data, DDP, AMP, schedule, logging, checkpoints and exact resume.
 
-One process per device, started by ``torchrun`` for several devices or nodes. Reproducibility: every
-RNG (augmentation workers, the main process, shuffle-BN permutations and MoCHi mixing) is re-seeded at
-the start of each epoch from ``(seed, epoch, rank)``, so resuming from an epoch checkpoint replays
-exactly what an uninterrupted run would have done (bit-identical on CPU).
+One process per device, started by ``torchrun`` for several devices or nodes. Reproducibility: the data
+order comes from ``(seed, epoch)``, each image's augmentation from ``(seed, epoch, index)`` and every RNG of
+the main process (shuffle-BN permutations, MoCHi mixing) is re-seeded at each step from
+``(seed, epoch, step, rank)`` (:mod:`mochi.pretrain.sampling`), so resuming from any checkpoint, also one
+written mid-epoch, replays exactly what an uninterrupted run would have done (bit-identical on CPU, with
+or without loader workers). A stop signal (:mod:`mochi.pretrain.preempt`) ends the run at the next step
+with a checkpoint.
 """
 
 from __future__ import annotations
@@ -12,27 +15,28 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mochi import distributed as dist_utils
-from mochi.data import LimitedDataset, load_dataset
 from mochi.errors import ConfigError, MochiError
 from mochi.io import atomic_write_json
 from mochi.pretrain.checkpoint import (
     build_checkpoint,
+    checkpoint_step,
     load_checkpoint,
     save_checkpoint,
 )
 from mochi.pretrain.config import PretrainConfig, validate
 from mochi.pretrain.moco import MochiParams, MoCo
+from mochi.pretrain.preempt import DEFAULT_STOP_SIGNALS, StopSignals
 from mochi.pretrain.run_dir import (
     MetricsLogger,
     check_resume_arch,
@@ -41,17 +45,22 @@ from mochi.pretrain.run_dir import (
     prepare_run_dir,
     remove_orphan_temporaries,
 )
-from mochi.transforms import TwoCrops, build_augmentation
+from mochi.pretrain.sampling import build_pretrain_data, seed_step
 
 log = logging.getLogger("mochi.pretrain")
 
 
 @dataclass
 class PretrainResult:
+    """Where a run's results are. ``stopped_by``: the signal that stopped it before ``epochs`` (else None),
+    ``step`` steps into epoch ``epochs_done`` (0 when it stopped at an epoch end)."""
+
     run_dir: Path
     last_checkpoint: Path | None
     epochs_done: int
     last_metrics: dict[str, float]
+    stopped_by: str | None = None
+    step: int = 0
 
 
 def lr_at_epoch(cfg: PretrainConfig, epoch: int) -> float:
@@ -60,11 +69,6 @@ def lr_at_epoch(cfg: PretrainConfig, epoch: int) -> float:
     if cfg.schedule == "cos":
         return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
     return lr * 0.1 ** sum(epoch >= m for m in cfg.lr_steps)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
-    """A distinct, reproducible seed per (run seed, epoch, rank, RNG stream)."""
-    return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**63 - 1)
 
 
 def amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
@@ -79,15 +83,21 @@ def amp_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def pretrain(cfg: PretrainConfig, show_progress: bool = True) -> PretrainResult:
-    """Run (or resume) MoCo-v2 / MoCHi pretraining as configured. Returns where the results are."""
+def pretrain(
+    cfg: PretrainConfig, show_progress: bool = True, stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS
+) -> PretrainResult:
+    """Run (or resume) MoCo-v2 / MoCHi pretraining as configured. Returns where the results are.
+
+    While training, the ``stop_signals`` stop the run at the next step with a checkpoint (the result's
+    ``stopped_by`` names the signal); their previous handlers are put back when training ends.
+    """
     device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
     threads = torch.get_num_threads()
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the user's choice wins
         torch.set_num_threads(dist_utils.intra_op_threads(cfg.workers))
     try:
-        return _pretrain(cfg, device, show_progress)
+        return _pretrain(cfg, device, show_progress, stop_signals)
     except RuntimeError as err:
         lost = dist_utils.lost_peer_error(err)
         if lost is None:
@@ -98,7 +108,9 @@ def pretrain(cfg: PretrainConfig, show_progress: bool = True) -> PretrainResult:
         dist_utils.shutdown()
 
 
-def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) -> PretrainResult:
+def _pretrain(
+    cfg: PretrainConfig, device: torch.device, show_progress: bool, stop_signals: Sequence[int]
+) -> PretrainResult:
     world, rank = dist_utils.world_size(), dist_utils.rank()
     validate(cfg, world)
     dtype = amp_dtype(cfg, device)
@@ -113,38 +125,8 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
         check_resume_arch(ckpt, cfg, resume_from)
 
     # Data first: a missing or empty dataset is reported before any model is built.
-    transform = TwoCrops(build_augmentation(cfg.aug, cfg.image_size))
-    dataset = load_dataset(
-        cfg.data,
-        cfg.split,
-        root=cfg.data_root,
-        subset=cfg.subset,
-        transform=transform,
-        on_corrupt="skip" if cfg.skip_corrupt else "error",
-    )
-    if cfg.limit is not None:
-        dataset = LimitedDataset(dataset, cfg.limit, seed=cfg.seed)
-    per_rank = cfg.batch_size // world
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-    )
-    steps_per_epoch = len(sampler) // per_rank
-    if steps_per_epoch == 0:
-        raise MochiError(
-            f"the dataset has {len(dataset)} images, fewer than one global batch of {cfg.batch_size}; "
-            "lower --batch-size or use more data"
-        )
-    loader_gen = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=per_rank,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        generator=loader_gen,
-        persistent_workers=False,  # fresh workers each epoch, seeded per epoch: exact resume
-    )
+    data = build_pretrain_data(cfg, world, rank, device)
+    dataset, loader, steps_per_epoch = data.dataset, data.loader, data.steps_per_epoch
 
     torch.manual_seed(cfg.seed)  # identical initial weights and queue on every rank
     mochi = MochiParams(cfg.n_hard, cfg.s, cfg.s_prime) if cfg.uses_mochi else None
@@ -171,7 +153,7 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     generator = torch.Generator(device=device)
 
-    start_epoch = 0
+    start_epoch, start_step, partial = 0, 0, None
     if ckpt is not None:
         state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
         check_resume_state(model, state, resume_from)
@@ -180,10 +162,17 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
         meta = ckpt.get("mochi", {})
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-        # The saved RNG states are informational: every stream is re-seeded at each epoch start.
-        start_epoch = int(ckpt["epoch"])
+        # The saved RNG states are informational: every stream is re-seeded at each step.
+        start_epoch, start_step = int(ckpt["epoch"]), checkpoint_step(ckpt)
+        partial = meta.get("partial")
+        if start_step and meta.get("steps_per_epoch") != steps_per_epoch:
+            raise MochiError(
+                f"cannot resume from {resume_from}: it was written {start_step} steps into an epoch of "
+                f"{meta.get('steps_per_epoch')} steps, and this run's epochs have {steps_per_epoch}; "
+                "resume with the data and batch size of the run that wrote it"
+            )
         if main:
-            log.info("resumed from %s at epoch %d", resume_from, start_epoch)
+            log.info("resumed from %s at epoch %d, step %d", resume_from, start_epoch, start_step)
 
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -208,57 +197,85 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, show_progress: bool) ->
                 "loader_workers": cfg.workers,
             },
         )
-    logger = MetricsLogger(run_dir, start_epoch, enabled=main, first_step=start_epoch * steps_per_epoch)
+    logger = MetricsLogger(
+        run_dir,
+        start_epoch,
+        enabled=main,
+        first_step=start_epoch * steps_per_epoch + start_step,
+        start_step=start_step,
+    )
 
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     last_ckpt: Path | None = resume_from
     last_metrics: dict[str, float] = {}
-    try:
-        for epoch in range(start_epoch, end_epoch):
-            # Re-seed every stream from (seed, epoch, rank): resuming replays exactly.
-            torch.manual_seed(epoch_seed(cfg.seed, epoch, rank, 0))
-            random.seed(epoch_seed(cfg.seed, epoch, rank, 1))
-            np.random.seed(epoch_seed(cfg.seed, epoch, rank, 2) % 2**32)
-            loader_gen.manual_seed(epoch_seed(cfg.seed, epoch, rank, 3))
-            generator.manual_seed(epoch_seed(cfg.seed, epoch, rank, 4))
-            sampler.set_epoch(epoch)
-            lr = lr_at_epoch(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            mix = cfg.uses_mochi and epoch >= cfg.mochi_warmup
-            last_metrics = _train_one_epoch(
-                cfg,
-                ddp_model,
-                loader,
-                optimizer,
-                scaler,
-                dtype,
-                generator,
-                device,
-                epoch,
-                lr,
-                mix,
-                steps_per_epoch,
-                logger,
-                show_progress and main,
-                dataset,
+
+    def save(epoch: int, step: int = 0, partial: dict[str, Any] | None = None) -> None:
+        """Checkpoint after ``step`` steps of ``epoch`` (0: after all of it), written by rank 0."""
+        nonlocal last_ckpt
+        if main:
+            ckpt = build_checkpoint(
+                epoch_index=epoch,
+                step=step,
+                partial=partial,
+                arch=cfg.arch,
+                model=model,
+                optimizer=optimizer,
+                config=cfg.to_dict(),
+                scaler_state=scaler.state_dict() if scaler.is_enabled() else None,
+                generator=generator if device.type == "cpu" else None,
+                metrics=last_metrics,
             )
-            if main and ((epoch + 1) % cfg.save_every == 0 or epoch + 1 == end_epoch):
-                ckpt = build_checkpoint(
-                    epoch_index=epoch,
-                    arch=cfg.arch,
-                    model=model,
-                    optimizer=optimizer,
-                    config=cfg.to_dict(),
-                    scaler_state=scaler.state_dict() if scaler.is_enabled() else None,
-                    generator=generator if device.type == "cpu" else None,
-                    metrics=last_metrics,
+            ckpt["mochi"]["steps_per_epoch"] = steps_per_epoch
+            last_ckpt = save_checkpoint(ckpt, run_dir, cfg.keep_last)
+        dist_utils.barrier()
+
+    stop = StopSignals(stop_signals)
+    epoch, stopped_step = start_epoch, 0
+    try:
+        with stop:
+            for epoch in range(start_epoch, end_epoch):
+                skip = start_step if epoch == start_epoch else 0
+                data.start_epoch(epoch, skip)
+                lr = lr_at_epoch(cfg, epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                mix = cfg.uses_mochi and epoch >= cfg.mochi_warmup
+                metrics, stopped_step = _train_one_epoch(
+                    cfg,
+                    ddp_model,
+                    loader,
+                    optimizer,
+                    scaler,
+                    dtype,
+                    generator,
+                    device,
+                    epoch,
+                    lr,
+                    mix,
+                    steps_per_epoch,
+                    logger,
+                    show_progress and main,
+                    dataset,
+                    first_step=skip,
+                    partial=partial if epoch == start_epoch else None,
+                    stop=stop,
+                    save_mid=lambda step, part, epoch=epoch: save(epoch, step, part),
                 )
-                last_ckpt = save_checkpoint(ckpt, run_dir, cfg.keep_last)
-            dist_utils.barrier()
+                if metrics is None:  # stopped mid-epoch, its checkpoint written
+                    break
+                last_metrics = metrics
+                due = cfg.save_every_steps and ((epoch + 1) * steps_per_epoch) % cfg.save_every_steps == 0
+                if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == end_epoch or due or stop.stopping:
+                    save(epoch)
+                if stop.stopping:
+                    epoch += 1
+                    break
+            else:
+                epoch = end_epoch
     finally:
         logger.close()
-    return PretrainResult(run_dir, last_ckpt, end_epoch, last_metrics)
+    stopped = stop.name if stop.stopping and (epoch, stopped_step) < (end_epoch, 0) else None
+    return PretrainResult(run_dir, last_ckpt, epoch, last_metrics, stopped, stopped_step if stopped else 0)
 
 
 def _train_one_epoch(
@@ -277,17 +294,29 @@ def _train_one_epoch(
     logger: MetricsLogger,
     show_progress: bool,
     dataset,
-) -> dict[str, float]:
+    first_step: int,
+    partial: dict[str, Any] | None,
+    stop: StopSignals,
+    save_mid: Callable[[int, dict[str, Any]], None],
+) -> tuple[dict[str, float] | None, int]:
+    """One epoch from step ``first_step`` (``partial``: the metric sums of the steps before it).
+
+    Returns the epoch's metrics and 0, or None and the steps done when a stop signal ended it early (after
+    ``save_mid`` wrote its checkpoint). ``save_mid(step, partial)`` also runs every ``save_every_steps``.
+    """
     model.train()
     channels_last = device.type == "cuda" and cfg.channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    sums: dict[str, float] = {}
-    window: dict[str, float] = {}
-    n_window = 0
-    t_epoch = t_window = time.perf_counter()
+    partial = partial or {}
+    sums: dict[str, float] = dict(partial.get("sums", {}))
+    window: dict[str, float] = dict(partial.get("window", {}))
+    n_window = int(partial.get("n_window", 0))
+    now = time.perf_counter()  # times of a resumed epoch count the time spent training it
+    t_epoch, t_window = now - partial.get("elapsed_s", 0.0), now - partial.get("window_s", 0.0)
     bar = tqdm(
         total=steps * cfg.batch_size,
+        initial=first_step * cfg.batch_size,
         desc=f"epoch {epoch + 1}/{cfg.epochs}{' mochi' if mix else ''}",
         unit="img",
         unit_scale=True,
@@ -295,7 +324,8 @@ def _train_one_epoch(
         mininterval=1.0,
         dynamic_ncols=True,
     )
-    for step, ((im_q, im_k), _) in enumerate(loader):
+    for step, ((im_q, im_k), _) in enumerate(loader, start=first_step):
+        seed_step(cfg.seed, epoch, step, dist_utils.rank(), generator)
         im_q = im_q.to(device, non_blocking=True, memory_format=fmt)
         im_k = im_k.to(device, non_blocking=True, memory_format=fmt)
         with autocast:
@@ -334,6 +364,22 @@ def _train_one_epoch(
             }
             logger.write(record, global_step)
             window, n_window, t_window = {}, 0, now
+        stopping = stop.agreed(device)
+        due = cfg.save_every_steps is not None and global_step % cfg.save_every_steps == 0
+        if step + 1 < steps and (stopping or due):
+            # Under DDP the saved sums are the ranks' mean (the logged epoch mean is the same maths).
+            now = time.perf_counter()
+            state = {
+                "sums": dist_utils.all_reduce_mean(sums, device),
+                "window": dist_utils.all_reduce_mean(window, device),
+                "n_window": n_window,
+                "elapsed_s": now - t_epoch,
+                "window_s": now - t_window,
+            }
+            save_mid(step + 1, state)
+            if stopping:
+                bar.close()
+                return None, step + 1
     bar.close()
     elapsed = time.perf_counter() - t_epoch
     metrics = dist_utils.all_reduce_mean({k: v / steps for k, v in sums.items()}, device)
@@ -351,4 +397,4 @@ def _train_one_epoch(
             f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f} top1 {metrics['top1']:.3f} "
             f"lr {lr:.4g} {metrics['images_per_s']:.0f} img/s{extra}"
         )
-    return metrics
+    return metrics, 0

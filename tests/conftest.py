@@ -20,3 +20,14 @@ def r18_state():
 def backbone18(r18_state):
     """The resnet18 backbone tensors (no fc), fresh copies."""
     return {k: v.clone() for k, v in r18_state.items() if not k.startswith("fc.")}
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread here and in child processes: CPU results are bit-identical for equal thread
+    counts, and the run chooses its count from its loader workers unless OMP_NUM_THREADS is set."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 
 
@@ -16,3 +19,20 @@ def global_batch(step: int, batch: int = 8, size: int = 32) -> tuple[torch.Tenso
     """A reproducible global batch of query / key images for a given step."""
     g = torch.Generator().manual_seed(1000 + step)
     return torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)
+
+
+def pid_of_rank(marker: str, rank: int, deadline: float) -> int:
+    """The process torchrun started as ``rank`` for the run tagged with ``marker`` (read from /proc)."""
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"MOCHI_FAULT_TEST={marker}".encode() in env and f"RANK={rank}".encode() in env:
+                if b"TORCHELASTIC_RUN_ID" in b" ".join(env) and b"LOCAL_RANK=" + str(rank).encode() in env:
+                    return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError("rank process not found")

@@ -1,5 +1,6 @@
 """Two gloo processes under torchrun reproduce the single-process math on the same global batch."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import global_batch, tiny_moco_kwargs
+from fixtures import global_batch, pid_of_rank, tiny_moco_kwargs
 
 from mochi.pretrain.moco import MoCo
 
@@ -108,3 +109,56 @@ def test_other_nccl_errors_are_not_called_a_lost_peer(monkeypatch):
     assert distributed.lost_peer_error(RuntimeError("NCCL error: invalid usage (ncclInvalidUsage)")) is None
     watchdog = RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(ALLGATHER)")
     assert distributed.lost_peer_error(watchdog) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_a_hung_rank_stops_the_other_within_the_collective_timeout(tmp_path):
+    """SIGSTOP one rank (hung, not dead): the other must fail with the lost-peer message once a collective
+    has waited MOCHI_DIST_TIMEOUT seconds, not hang."""
+    import signal
+    import time
+    import uuid
+
+    timeout_s = 20
+    out, marker = tmp_path / "ddp", uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "mochi.cli", "pretrain", "--data", "fashion-mnist-embedded", "--limit", "4096", "-a", "resnet18",
+           "--image-size", "32", "--aug", "aug-plus-small", "-b", "32", "--moco-k", "64", "--bn-splits", "1",
+           "-j", "0", "--epochs", "1", "--log-every", "1", "-q", "-o", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MOCHI_FAULT_TEST": marker}
+    env["MOCHI_DIST_TIMEOUT"] = str(timeout_s)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stopped = None
+    try:
+        deadline = time.time() + 240
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+            assert time.time() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.2)
+        survivor = pid_of_rank(marker, 0, deadline)
+        stopped = pid_of_rank(marker, 1, deadline)
+        os.kill(stopped, signal.SIGSTOP)
+        t_stop = time.time()
+        # rank 0 must be gone (exited, or a zombie torchrun has not reaped yet) within the timeout + slack
+        while Path(f"/proc/{survivor}").exists() and "Z" not in _state(survivor):
+            assert time.time() - t_stop < timeout_s + 60, "the surviving rank hangs"
+            time.sleep(0.2)
+        output, _ = proc.communicate(timeout=180)  # torchrun then ends the stopped rank too
+    finally:
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "rank 0 of 2: another process stopped answering" in output, output[-3000:]
+    assert "--resume auto" in output
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of a process (R, S, T, Z...), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from fixtures import pid_of_rank
 
 from mochi.cli import main
 from mochi.data import load_dataset
@@ -365,23 +366,6 @@ def test_runs_saved_under_old_field_names_resume(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def _pid_of_rank(marker: str, rank: int, deadline: float) -> int:
-    """The process torchrun started as ``rank`` for the run tagged with ``marker`` (read from /proc)."""
-    while time.time() < deadline:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                env = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"MOCHI_FAULT_TEST={marker}".encode() in env and f"RANK={rank}".encode() in env:
-                if b"TORCHELASTIC_RUN_ID" in b" ".join(env) and b"LOCAL_RANK=" + str(rank).encode() in env:
-                    return int(entry.name)
-        time.sleep(0.2)
-    raise AssertionError("rank process not found")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
 def test_a_killed_rank_stops_the_other_within_seconds(tmp_path):
@@ -399,7 +383,7 @@ def test_a_killed_rank_stops_the_other_within_seconds(tmp_path):
         while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
             assert time.time() < deadline and proc.poll() is None, "training did not start"
             time.sleep(0.2)
-        os.kill(_pid_of_rank(marker, 1, deadline), signal.SIGKILL)  # as the OOM killer would
+        os.kill(pid_of_rank(marker, 1, deadline), signal.SIGKILL)  # as the OOM killer would
         killed = time.time()
         output, _ = proc.communicate(timeout=120)
         took = time.time() - killed

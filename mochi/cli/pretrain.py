@@ -76,6 +76,9 @@ PRETRAIN_FLAGS = {
     "seed": flag("--seed"),
     "log_every": flag("--log-every", help="Steps between metrics.jsonl records."),
     "save_every": flag("--save-every", help="Epochs between checkpoints (last always saved)."),
+    "save_every_steps": flag(
+        "--save-every-steps", help="Also a mid-epoch checkpoint every N steps (only the newest is kept)."
+    ),
     "keep_last": flag("--keep-last", help="Keep only the N newest checkpoints (0: all)."),
     "resume": flag("--resume", help="'auto' (latest checkpoint in --output, if any) or a checkpoint path."),
     "stop_after": flag("--stop-after", help="Stop after N epochs in this invocation (job time limits)."),
@@ -150,6 +153,16 @@ def pretrain_cmd(ctx: click.Context, config_file: str | None, quiet: bool, **opt
         options = replay(ctx, config_file, options)
     cfg = PretrainConfig(**options)
     result = run(cfg, show_progress=not quiet)
+    if result.stopped_by is not None:
+        from mochi.pretrain.preempt import STOPPED_EXIT_CODE
+
+        where = f"epoch {result.epochs_done + 1}, step {result.step}" if result.step else "an epoch end"
+        click.echo(
+            f"stopped by {result.stopped_by} at {where}: saved {result.last_checkpoint}. Continue with the "
+            f"same command and --resume auto (-o {result.run_dir})",
+            err=True,
+        )
+        ctx.exit(STOPPED_EXIT_CODE)
     if result.last_checkpoint is not None:
         click.echo(
             f"done: {result.epochs_done}/{cfg.epochs} epochs; last checkpoint {result.last_checkpoint}"
