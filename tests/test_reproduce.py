@@ -124,3 +124,16 @@ def test_mini_sh_runs_the_whole_path_on_the_embedded_data(tmp_path):
     assert lbfgs and all(r[lbfgs[0]] == "2" for r in rows)  # two seeds per cell
     for picture in ("plots/table.png", "plots/curves.png", "suites/fashion-mnist/plots/knn.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG", picture
+
+
+def test_pretrain_arguments_become_the_config_the_command_would_run(tmp_path):
+    import click
+
+    from mochi.cli.pretrain import config_from_args
+
+    args = ["--data", "fashion-mnist-embedded", "-a", "resnet18", "--mochi-n", "64", "--mochi-s", "32",
+            "--epochs", "2", "-o", str(tmp_path), "--resume", "auto", "-q"]  # fmt: skip
+    cfg = config_from_args(args)
+    assert (cfg.arch, cfg.n_hard, cfg.s, cfg.epochs, cfg.resume) == ("resnet18", 64, 32, 2, "auto")
+    with pytest.raises(click.BadParameter):
+        config_from_args(["--epochs", "two"])

@@ -167,3 +167,15 @@ def pretrain_cmd(ctx: click.Context, config_file: str | None, quiet: bool, **opt
         click.echo(
             f"done: {result.epochs_done}/{cfg.epochs} epochs; last checkpoint {result.last_checkpoint}"
         )
+
+
+def config_from_args(args: list[str]) -> PretrainConfig:
+    """The :class:`PretrainConfig` that ``mochi pretrain ARGS`` would run (``--config`` replay included),
+    for launchers that run pretraining in-process (:mod:`mochi.cli.slurm`)."""
+    with pretrain_cmd.make_context("pretrain", list(args)) as ctx:
+        options = dict(ctx.params)
+        config_file = options.pop("config_file")
+        options.pop("quiet")
+        if config_file is not None:
+            options = replay(ctx, config_file, options)
+        return PretrainConfig(**options)

@@ -19,9 +19,17 @@ class CommandJob(submitit.helpers.Checkpointable):
 
     def __call__(self, argv: list[str]) -> None:
         env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
+        if env.num_tasks > 1 and not (argv and argv[0] == "pretrain"):  # PretrainJob does it itself
             # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, as torchrun would set them.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if argv and argv[0] == "pretrain":
+            # The pretraining job catches submitit's preemption signal too: every task stops after the same
+            # step, a checkpoint is written, then submitit calls checkpoint() below and requeues.
+            from mochi.cli.pretrain import config_from_args
+            from mochi.pretrain.submit import PretrainJob
+
+            PretrainJob()(config_from_args(argv[1:]))
+            return
         from mochi.cli import main
 
         main.main(args=list(argv), prog_name="mochi", standalone_mode=False)
