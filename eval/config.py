@@ -1,7 +1,8 @@
 """What an evaluation is asked to do: the config dataclasses of every frozen protocol and their checks.
 
 One place for the defaults of the backbone choice (:class:`BackboneSpec`), the data and feature pass
-(:class:`EvalData`), kNN (:class:`KnnConfig`) and the three linear protocols. The
+(:class:`EvalData`), kNN (:class:`KnnConfig`), the three linear protocols and the alignment / uniformity
+analysis (:class:`AnalysisConfig`). The
 ``check_*`` functions reject impossible values before any data is read, raising
 :class:`~mochi.errors.ConfigError` with the field's name (the CLI names the flag).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mochi.constants import ARCHS, ENCODERS
+from mochi.constants import ARCHS, AUGMENTATIONS, ENCODERS
 from mochi.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -163,6 +164,27 @@ LinearConfig = MocoLinearConfig | SgdGridConfig | LbfgsConfig
 CONFIGS: dict[str, type] = {c.protocol: c for c in (MocoLinearConfig, SgdGridConfig, LbfgsConfig)}
 
 
+# Alignment and uniformity (Wang & Isola 2020, docs/protocols.md#alignment-and-uniformity): alpha = 2, t = 2.
+@dataclass
+class AnalysisConfig:
+    """``mochi analyze``: alignment and uniformity on a fixed seeded subset of a split, two views per image.
+
+    ``aug`` / ``image_size``: None takes the pretraining values from a mochi checkpoint's saved config, else
+    ``aug-plus`` at 224 px. ``seed`` picks the subset and seeds the augmentation, so every checkpoint sees
+    the same images and the same two views.
+    """
+
+    split: str = "train"
+    limit: int = 2048
+    seed: int = 0
+    alpha: float = 2.0
+    t: float = 2.0
+    aug: str | None = None
+    image_size: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checks: impossible values, by field
 
@@ -237,3 +259,13 @@ def check_linear(cfg: LinearConfig) -> None:
     )
     if hasattr(cfg, "val_fraction") and not 0 < cfg.val_fraction < 1:
         raise ConfigError("val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
+
+
+def check_analysis(cfg: AnalysisConfig) -> None:
+    _check(cfg, positive=("alpha", "t", "batch_size"), non_negative=("seed",))
+    if cfg.limit < 2:  # uniformity is a mean over pairs
+        raise ConfigError("limit", f"must be at least 2 images, got {cfg.limit}")
+    if cfg.image_size is not None and cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
+    _choice(cfg, "aug", AUGMENTATIONS)
+    _choice(cfg, "device", DEVICES)

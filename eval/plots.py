@@ -1,11 +1,15 @@
-"""Pictures of runs and records: training curves from ``metrics.jsonl``, kNN top-1 against k from records.
+"""Pictures of runs and records: training curves from ``metrics.jsonl``; kNN top-1 against k, table columns
+as bars and alignment against uniformity, from records.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: drawing here
 switches no backend and leaves no current figure behind in a program that imports this module, and works
 on a machine without a display. Every figure is drawn from files a run or an evaluation wrote (the numbers
 are never typed), and the data behind each line is kept so a test can compare it with its source:
-:func:`load_run` and :func:`knn_series` return what :func:`training_curves` and :func:`knn_curve` draw.
+:func:`load_run`, :func:`knn_series` and :func:`align_points` return what :func:`training_curves`,
+:func:`knn_curve` and :func:`alignment_uniformity` draw.
 :func:`save_figure` writes PNG / SVG / PDF atomically.
+
+Longer than ~400 lines: four kinds of figure share the record grouping and the one atomic writer here.
 """
 
 from __future__ import annotations
@@ -281,6 +285,90 @@ def table_bars(table: Table, columns: str | None = None) -> Figure:
     if any(r.published for r in table.rows):
         sources = "; ".join(sorted({r.source for r in table.rows if r.published and r.source}))
         fig.suptitle(f"† published: {sources}", fontsize=7)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Alignment against uniformity (mochi analyze records)
+
+
+@dataclass
+class AlignPoint:
+    """One point of the alignment-uniformity plot: a backbone's embedding, the mean over its seeds."""
+
+    label: str
+    embedding: str  # "backbone" or "head"
+    run: str | None  # the checkpoint's folder (its pretraining run); None for a random-init baseline
+    order: tuple  # (epoch, step) within the run, from the checkpoint
+    uniform: float
+    align: float
+    seeds: int
+
+
+def align_points(records: Iterable[dict[str, Any]]) -> list[AlignPoint]:
+    """The points of :func:`alignment_uniformity` from the ``task == "analysis"`` records: seeds of one
+    setting averaged (of repeated evaluations of one seed the newest counts), each run's in epoch order."""
+    newest: dict[tuple[str, Any], dict[str, Any]] = {}
+    for r in records:
+        if r.get("task") == "analysis":
+            key = (setting_key(r), seed_of(r))
+            if key not in newest or _when(r) > _when(newest[key]):
+                newest[key] = r
+    if not newest:
+        raise MochiError(
+            "no analysis records to plot: measure checkpoints with 'mochi analyze ... -o DIR' first"
+        )
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for (setting, _), r in sorted(newest.items(), key=lambda kv: _when(kv[1])):
+        groups.setdefault(setting, []).append(r)
+    points = []
+    for members in groups.values():
+        ev = members[0]["evaluated"]
+        ckpt = ev.get("checkpoint")
+        points.append(
+            AlignPoint(
+                _backbone_label(members[0]), members[0]["hyperparameters"].get("embedding", "backbone"),
+                str(Path(ckpt).parent) if ckpt else None, (ev.get("epoch", 0), ev.get("step", 0)),
+                statistics.fmean(m["metrics"]["uniform"] for m in members),
+                statistics.fmean(m["metrics"]["align"] for m in members), len(members),
+            )
+        )  # fmt: skip
+    return sorted(points, key=lambda p: (p.run or "", p.order, p.label))
+
+
+def alignment_uniformity(records_or_points: Iterable[Any], trajectory: bool = False) -> Figure:
+    """The paper-style scatter: x = uniformity, y = alignment (lower-left is better), one panel per
+    embedding, one point per backbone labelled with its name, one colour per run; ``trajectory`` joins
+    each run's checkpoints in epoch order. Each run's points are one scatter collection (``offsets``)."""
+    items = list(records_or_points)
+    points = items if items and isinstance(items[0], AlignPoint) else align_points(items)
+    embeddings = list(dict.fromkeys(p.embedding for p in points))
+    fig = Figure(figsize=(5.2 * len(embeddings), 4.4), layout="constrained")
+    runs = list(dict.fromkeys(p.run or p.label for p in points))
+    for i, embedding in enumerate(embeddings):
+        ax = fig.add_subplot(1, len(embeddings), i + 1)
+        for run in runs:
+            pts = [p for p in points if p.embedding == embedding and (p.run or p.label) == run]
+            if not pts:
+                continue
+            colour = f"C{runs.index(run) % 10}"
+            xs, ys = [p.uniform for p in pts], [p.align for p in pts]
+            if trajectory and len(pts) > 1:
+                ax.plot(xs, ys, color=colour, alpha=0.5, linewidth=1)
+            ax.scatter(xs, ys, color=colour, label=Path(run).name if pts[0].run else run, zorder=3)
+            for p in pts:
+                ax.annotate(
+                    Path(p.label).name,
+                    (p.uniform, p.align),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.set_xlabel("uniformity (lower: more uniform)")
+        ax.set_ylabel("alignment (lower: views closer)")
+        ax.set_title("projection head" if embedding == "head" else "backbone features", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -183,6 +183,7 @@ DEFAULT_METRICS = {
     "linear": ("top1", "top5"),
     "detection": ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75"),
     "detection-aggregate": ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75"),
+    "analysis": ("align", "uniform"),
 }
 
 

@@ -16,12 +16,13 @@ from tabulate import tabulate
 
 from mochi.errors import MochiError
 
-from .tables import FORMATS, METRIC_LABELS, Cell, Table
+from .tables import FORMATS, LOWER_IS_BETTER, METRIC_LABELS, UNIT_SCALE, Cell, Column, Table
 
 DAGGER = "†"
 LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$",
+    "↓": r"$\downarrow$",
 }  # fmt: skip
 
 
@@ -40,13 +41,18 @@ def _footnotes(table: Table) -> list[str]:
     return [f"{DAGGER} {row.label}: published; {row.source}" for row in table.rows if row.published]
 
 
+def _digits(column: Column, digits: int) -> int:
+    # Alignment / uniformity are unit-scale numbers (0.42, -3.1), not percentages: two more decimals.
+    return digits + 2 if column.metric in UNIT_SCALE else digits
+
+
 def to_markdown(table: Table, digits: int = 1) -> str:
     """A pipe table, one column per metric column; published rows marked, sources below."""
     headers = ["backbone", *(c.label for c in table.columns)]
     body = [
         [
             row.label + (f" {DAGGER}" if row.published else ""),
-            *(_text(row.cells.get(c.label), digits) for c in table.columns),
+            *(_text(row.cells.get(c.label), _digits(c, digits)) for c in table.columns),
         ]
         for row in table.rows
     ]
@@ -86,20 +92,21 @@ def latex_escape(text: str) -> str:
 
 
 def _best(table: Table) -> dict[str, float]:
-    """Column label -> the highest mean among measured rows, where at least two measured rows compete."""
+    """Column label -> the best mean among measured rows (the highest; the lowest for
+    :data:`~mochi.eval.tables.LOWER_IS_BETTER` metrics), where at least two measured rows compete."""
     best = {}
     for c in table.columns:
         means = [r.cells[c.label].mean for r in table.rows if not r.published and c.label in r.cells]
         if len(means) >= 2:
-            best[c.label] = max(means)
+            best[c.label] = min(means) if c.metric in LOWER_IS_BETTER else max(means)
     return best
 
 
 def to_latex(table: Table, digits: int = 1) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): a header row per column group with
-    ``\\cmidrule``, the metric row, measured rows with the best mean of each column in bold (every metric
-    here is higher-is-better), then published rows (``$^\\dagger$``, never bold); their sources follow
-    the tabular."""
+    ``\\cmidrule``, the metric row, measured rows with the best mean of each column in bold (the highest;
+    the lowest for alignment and uniformity), then published rows (``$^\\dagger$``, never bold); their
+    sources follow the tabular."""
     cols = table.columns
     best = _best(table)
     lines = [r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule"]
@@ -127,7 +134,7 @@ def to_latex(table: Table, digits: int = 1) -> str:
         cells = []
         for c in cols:
             cell = row.cells.get(c.label)
-            text = latex_escape(_text(cell, digits))
+            text = latex_escape(_text(cell, _digits(c, digits)))
             if cell is not None and c.label in best and round(cell.mean, 9) == round(best[c.label], 9):
                 text = rf"\textbf{{{text}}}"
             cells.append(text)
@@ -135,7 +142,7 @@ def to_latex(table: Table, digits: int = 1) -> str:
     if published:
         lines.append(r"\midrule")
         for row in published:
-            cells = [latex_escape(_text(row.cells.get(c.label), digits)) for c in cols]
+            cells = [latex_escape(_text(row.cells.get(c.label), _digits(c, digits))) for c in cols]
             lines.append(" & ".join([latex_escape(row.label) + r"$^\dagger$", *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     # Sources under the table, where they wrap with the text (a tabular cell would not).

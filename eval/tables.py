@@ -39,9 +39,14 @@ CLASSIFICATION_METRICS = ("top1",)
 METRIC_LABELS = {
     "top1": "top-1", "top5": "top-5", "mean_per_class": "mean/class", "val_top1": "val top-1",
     "mask_AP": "mask AP", "mask_AP50": "mask AP50", "mask_AP75": "mask AP75",
+    "align": "align ↓", "uniform": "uniform ↓",
 }  # fmt: skip
+# Alignment and uniformity (mochi analyze): lower is better, so the label says ↓ and LaTeX bolds the lowest.
+ANALYSIS_METRICS = ("align", "uniform")
+LOWER_IS_BETTER = frozenset(ANALYSIS_METRICS)
+UNIT_SCALE = frozenset(ANALYSIS_METRICS)  # not percentages: Markdown and LaTeX show two more decimals
 VOC_ORDER = ("AP50", "AP", "AP75")  # how VOC tables are read (the MoCo papers' order)
-TASK_ORDER = {"knn": 0, "linear": 1, "detection": 2}
+TASK_ORDER = {"knn": 0, "linear": 1, "detection": 2, "analysis": 3}
 SHA_PREFIX = 12
 DATASET_NAMES = {
     "fashion-mnist": "F-MNIST", "fashion-mnist-embedded": "F-MNIST (embedded)", "cifar10": "CIFAR-10",
@@ -130,6 +135,9 @@ class _Measurement:
     values: dict[str, list[float]]  # metric -> values
 
 
+_DEFAULT_METRICS = {"detection": list(DETECTION_METRICS), "analysis": list(ANALYSIS_METRICS)}
+
+
 def _measurements(records: Sequence[dict[str, Any]], knn: str, metrics: Sequence[str] | None):
     ids = {r["id"] for r in records}
     out = []
@@ -154,10 +162,12 @@ def _measurements(records: Sequence[dict[str, Any]], knn: str, metrics: Sequence
             setting = _setting_without_backbone({**r, "task": "detection"})
             out.append(_Measurement(row, (ds, "detection", protocol, ""), setting, ("agg", r["id"]), got))
         else:
-            keep = metrics or (list(DETECTION_METRICS) if task == "detection" else CLASSIFICATION_METRICS)
+            keep = metrics or _DEFAULT_METRICS.get(task, CLASSIFICATION_METRICS)
             got = {k: [float(m[k])] for k in keep if isinstance(m.get(k), (int, float))}
+            # An analysis record measures one embedding (backbone features or projection head): its group.
+            sub = str(r["hyperparameters"].get("embedding", "")) if task == "analysis" else ""
             out.append(
-                _Measurement(row, (ds, task, protocol, ""), _setting_without_backbone(r), seed_of(r), got)
+                _Measurement(row, (ds, task, protocol, sub), _setting_without_backbone(r), seed_of(r), got)
             )
     return out
 
@@ -204,6 +214,8 @@ def _group(family: tuple, n_detection_protocols: int) -> str:
         return f"{ds} linear ({protocol})"
     if task == "detection":
         return ds if n_detection_protocols < 2 else f"{ds} ({protocol})"
+    if task == "analysis":
+        return f"{ds} {setting or 'backbone'}"
     return f"{ds} {task} ({protocol})"
 
 
@@ -213,7 +225,7 @@ def _metric_order(task: str, dataset: str, metric: str) -> tuple[int, int]:
             return (0, VOC_ORDER.index(metric))
         names = list(DETECTION_METRICS)
         return (1, names.index(metric) if metric in names else len(names))
-    names = ["top1", "top5", "mean_per_class", "val_top1"]
+    names = ["top1", "top5", "mean_per_class", "val_top1", *ANALYSIS_METRICS]
     return (0, names.index(metric) if metric in names else len(names))
 
 
@@ -287,6 +299,7 @@ def build_table(
         variants = _variant_labels(family_settings)
         group = _group(family, len(protocols.get(ds, ())))
         knn_k = (_knn_setting(setting) or (0, 0.0)) if task == "knn" else (0, 0.0)
+        sub = "" if task == "knn" else setting  # an analysis record's embedding
         for i, s in enumerate(family_settings):
             for metric in shown[(family, s)]:
                 text = (
@@ -296,7 +309,7 @@ def build_table(
                     + METRIC_LABELS.get(metric, metric)
                 )
                 column = Column(ds, task, protocol, metric, group, variants[s], text)
-                order = (datasets.index(ds), TASK_ORDER.get(task, 9), protocol, knn_k, i,
+                order = (datasets.index(ds), TASK_ORDER.get(task, 9), protocol, knn_k, sub, i,
                          _metric_order(task, ds, metric))  # fmt: skip
                 columns[order] = column_of[(family, s, metric)] = column
     labels = _row_labels(records)

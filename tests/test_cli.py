@@ -44,7 +44,8 @@ print("\\nPROBE", "torch" in sys.modules, " ".join(stages))
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["pretrain"], ["knn"], ["linear"], ["export"], ["inspect"], ["results"], ["detect"]]
+    "args",
+    [[], ["pretrain"], ["knn"], ["linear"], ["export"], ["inspect"], ["results"], ["detect"], ["analyze"]],
 )
 def test_help_imports_neither_torch_nor_the_stages(args):
     res = subprocess.run(

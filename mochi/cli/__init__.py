@@ -61,9 +61,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mochi.cli.table:table_cmd",
         "Pivot the records of RESULTS_DIR... into a table: one row per backbone, mean ± std over seeds.",
     ),
+    "analyze": (
+        "mochi.cli.analyze:analyze_cmd",
+        "Alignment and uniformity (Wang & Isola 2020) of each CHECKPOINT (or --random-init).",
+    ),
     "plot": (
         "mochi.cli.plot:plot_cmd",
-        "Draw training curves of runs, kNN top-1 against k, or table columns as bars (PNG, SVG, PDF).",
+        "Draw training curves, kNN top-1 against k, table columns as bars, or alignment against uniformity.",
     ),
 }
 

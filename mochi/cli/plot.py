@@ -22,7 +22,7 @@ def _echo(paths) -> None:
 
 @click.group("plot")
 def plot_cmd() -> None:
-    """Draw training curves of runs, kNN top-1 against k, or table columns as bars (PNG, SVG, PDF)."""
+    """Draw training curves, kNN top-1 against k, table columns as bars, or alignment against uniformity."""
 
 
 @plot_cmd.command("curves")
@@ -99,3 +99,28 @@ def bars_cmd(
     ordered = sorted(records.values(), key=lambda r: (r["created"], r["id"]))
     table = build_table(ordered, reference=reference)
     _echo(save_figure(table_bars(table, columns), output, _formats(formats)))
+
+
+@plot_cmd.command("align")
+@click.argument("results_dirs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
+@click.option("--trajectory", is_flag=True, help="Join each run's checkpoints in epoch order.")
+def align_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None, trajectory: bool) -> None:
+    """Alignment against uniformity from the `mochi analyze` records in RESULTS_DIRS (lower-left is better).
+
+    One panel per embedding (backbone features, projection head), one point per checkpoint, one colour
+    per run (the checkpoint's folder); seeds of one setting are averaged.
+
+    \b
+    Example:
+      mochi analyze runs/main/moco/checkpoint_*.pth.tar runs/main/mochi/checkpoint_*.pth.tar \\
+          --data fashion-mnist-embedded -o runs/main/analysis
+      mochi plot align runs/main/analysis --trajectory -o runs/main/plots/align
+    """
+    from mochi.eval.plots import alignment_uniformity, output_paths, save_figure
+    from mochi.eval.records import load_records
+
+    output_paths(output, _formats(formats))
+    records = [r for d in results_dirs for r in load_records(d)]
+    _echo(save_figure(alignment_uniformity(records, trajectory), output, _formats(formats)))
