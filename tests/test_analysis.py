@@ -231,6 +231,9 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path):
     assert text.startswith("Error:") and "no-such-folder" in text and len(text.strip().splitlines()) == 1
     assert "Error: --limit must be at least 2 images, got 1" in analyze(str(ckpt), *DATA, "--limit", "1")
     assert "checkpoint paths or --random-init" in analyze(*DATA)
+    empty = tmp_path / "c" / "empty.pth.tar"
+    empty.write_bytes(b"")  # fails after the first checkpoint was measured: still nothing written
+    assert f"Error: {empty} is empty" in analyze(str(ckpt), str(empty), *DATA)
     assert "--aug" in analyze("--random-init", "-a", "resnet18", "--aug", "blur", *DATA)
     res = CliRunner().invoke(main, ["plot", "align", str(tmp_path / "c"), "-o", str(out / "a")])
     assert res.exit_code == 1 and "Error: no analysis records to plot" in res.output
