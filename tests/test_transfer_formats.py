@@ -312,3 +312,13 @@ def test_own_checkpoints_are_recognised_by_layout_version(backbone18, tmp_path):
     torch.save(newer, tmp_path / "newer.pth")
     with pytest.raises(MochiError, match="newer mochi.*layout version 2.*upgrade"):
         load_backbone(tmp_path / "newer.pth")
+
+
+def test_top_level_tensor_beside_state_dict(backbone18, tmp_path):
+    # MoCo's main_lincls.py / the PyTorch ImageNet example save best_acc1 as a tensor next to state_dict.
+    sd = {**_prefixed(backbone18, "module."), "module.fc.weight": torch.randn(10, 512)}
+    obj = {"epoch": 90, "arch": "resnet18", "state_dict": sd, "best_acc1": torch.tensor(70.1)}
+    got, report = load_backbone(save(obj, "torch", tmp_path / "lincls.pth.tar"))
+    assert_same(got, backbone18)
+    assert report.prefix == "module." and report.ignored == {"best_acc1": 1}
+    assert report.head_dropped == ["fc.weight"]

@@ -317,7 +317,8 @@ def extract(
             elif container == cand.container:
                 ignored[".".join(parts[:common] + rel[:depth])] += 1
             else:
-                ignored[container[0]] += 1
+                # A top-level tensor beside a nested state dict (``best_acc1`` of MoCo's main_lincls.py).
+                ignored[container[0] if container else parts[0]] += 1
 
     encoder_label = role if (len(all_roles) > 1 or role != "query" or "encoder_q" in cand.prefix) else None
     arch, small = _declared(obj)
