@@ -28,6 +28,7 @@ FORMAT_NAMES = {
     "vissl": "VISSL (classy_state_dict trunk)",
     "timm": "timm / wrapped torchvision state dict",
     "torchvision": "torchvision state dict",
+    "safetensors": "safetensors state dict (timm / Hugging Face hub weights)",
     "detectron2": "Detectron2 .pkl",
     "detectron2-checkpoint": "Detectron2 model checkpoint",
     "generic": "ResNet under a custom prefix",

@@ -241,6 +241,8 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
         return "mmselfsup"
     if components & {"projector", "momentum_backbone", "classifier", "momentum_projector", "predictor"}:
         return "solo-learn"
+    if kind == "safetensors" and cand.prefix == "":
+        return "safetensors"
     if cand.prefix in ("", "module."):
         return "torchvision" if cand.container == () else "timm"
     return "generic"
