@@ -8,7 +8,7 @@ import torch
 
 from mochi import layout as mochi_layout
 from mochi.errors import MochiError
-from mochi.transfer import from_detectron2, load_backbone, to_detectron2
+from mochi.transfer import from_detectron2, inspect_checkpoint, load_backbone, to_detectron2
 from mochi.transfer.detectron2 import tv_to_d2_name
 
 
@@ -322,3 +322,67 @@ def test_top_level_tensor_beside_state_dict(backbone18, tmp_path):
     assert_same(got, backbone18)
     assert report.prefix == "module." and report.ignored == {"best_acc1": 1}
     assert report.head_dropped == ["fc.weight"]
+
+
+def lightly_benchmark_moco(b):
+    """Lightly's benchmarks (benchmarks/imagenet/resnet50/mocov2.py): backbone, projection_head, key_backbone,
+    key_projection_head in a Lightning checkpoint; built from that documented layout."""
+    sd = {**_prefixed(b, "backbone."), **_mlp("projection_head.layers.")}
+    sd |= {**_prefixed(b, "key_backbone.", 1.0), **_mlp("key_projection_head.layers.")}
+    return {"epoch": 100, "state_dict": sd}, "torch", "lightly", "backbone.", "query"
+
+
+def lightly_benchmark_dino(b):
+    sd = {**_prefixed(b, "teacher_backbone."), **_mlp("teacher_head.layers.")}
+    sd |= {**_prefixed(b, "student_backbone.", 1.0), **_mlp("student_head.layers.")}
+    return {"epoch": 100, "state_dict": sd}, "torch", "lightly", "teacher_backbone.", "teacher"
+
+
+def vissl_moco(b):
+    """VISSL MoCo: the query trunk in base_model, the momentum encoder in the loss state as moco_encoder."""
+    trunk = {**_prefixed(b, "_feature_blocks."), "heads.0.clf.0.weight": torch.randn(128, 512)}
+    key = {**_prefixed(b, "trunk._feature_blocks.", 1.0), **_mlp("heads.0.clf.")}
+    loss = {"queue": torch.randn(128, 64), "moco_encoder": key}
+    obj = {"classy_state_dict": {"base_model": {"model": {"trunk": trunk}}, "loss": loss}}
+    return obj, "torch", "vissl", "_feature_blocks.", "query"
+
+
+@pytest.mark.parametrize(
+    "layout, encoder, prefix",
+    [
+        (lightly_benchmark_moco, "key", "key_backbone."),
+        (lightly_benchmark_dino, "student", "student_backbone."),
+        (vissl_moco, "key", "trunk._feature_blocks."),
+    ],
+)
+def test_two_encoder_layouts(layout, encoder, prefix, backbone18, tmp_path):
+    obj, how, fmt, default_prefix, default_encoder = layout(backbone18)
+    path = save(obj, how, tmp_path / "c.pth")
+    got, report = load_backbone(path)
+    assert_same(got, backbone18)
+    assert (report.format, report.prefix, report.encoder) == (fmt, default_prefix, default_encoder)
+    want = {k: (v + 1.0 if v.is_floating_point() else v) for k, v in backbone18.items()}
+    for kw in ({"encoder": encoder}, {"prefix": prefix}):
+        got, report = load_backbone(path, **kw)
+        assert_same(got, want)
+        assert (report.format, report.prefix, report.encoder) == (fmt, prefix, encoder)
+
+
+def test_keep_head_packs_the_chosen_encoders_own_head(backbone18, tmp_path):
+    obj, how, *_ = lightly_benchmark_moco(backbone18)
+    sd = obj["state_dict"]
+    for kw in ({"encoder": "key"}, {"prefix": "key_backbone."}):
+        _, head, report = inspect_checkpoint(save(obj, how, tmp_path / "c.pth"), **kw)
+        assert sorted(head) == sorted(k for k in sd if k.startswith("key_projection_head."))
+        assert all(torch.equal(head[k], sd[k]) for k in head)
+        assert report.head_dropped == sorted(head)
+    _, _, report = inspect_checkpoint(tmp_path / "c.pth", encoder="query")
+    assert all(k.startswith("projection_head.") for k in report.head_dropped)
+
+
+def test_momentum_heads_are_listed_as_dropped(backbone18, tmp_path):
+    obj, how, *_ = lightly_sequential(backbone18)
+    _, report = load_backbone(save(obj, how, tmp_path / "c.pth"), encoder="key")
+    assert report.head_dropped == sorted(
+        k for k in obj["state_dict"] if k.startswith("projection_head_momentum.")
+    )

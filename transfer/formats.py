@@ -42,6 +42,7 @@ _ANCHORS = {
 }
 _LIGHTLY_INDEX = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 # Path components that name a head (projector, classifier, DINO head, VISSL heads, MMSelfSup neck).
+_LIGHTLY_ROLES = ("key_backbone.", "teacher_backbone.", "student_backbone.")
 _HEAD_NAMES = {
     "fc",
     "head",
@@ -77,16 +78,34 @@ def flatten(obj: Any, max_depth: int = 8) -> dict[Container, dict[str, Any]]:
     return out
 
 
+# Lightly's benchmarks name the networks key_backbone / teacher_backbone / student_backbone (and their heads
+# key_projection_head, teacher_head ...); VISSL keeps MoCo's momentum encoder as the loss's moco_encoder.
+_ROLE_PREFIXES = {"key_": "key", "teacher_": "teacher", "student_": "student", "momentum_": "key"}
+
+
 def _role(components: list[str]) -> str:
-    if components and components[0] in ("teacher", "student"):
-        return components[0]
     for c in components:
         c = c.lower()
-        if c in ("encoder_k", "ema", "key_encoder") or "momentum" in c or "target" in c:
+        if c in ("teacher", "student"):
+            return c
+        for start, role in _ROLE_PREFIXES.items():
+            if c.startswith(start):
+                return role
+        if c in ("encoder_k", "ema", "key_encoder", "moco_encoder") or "momentum" in c or "target" in c:
             return "key"
         if c.endswith("_ema") or c.startswith("ema_"):
             return "key"
     return "query"
+
+
+def _is_head(component: str) -> bool:
+    """A head's path component, also with its network's name on it (key_projection_head, head_momentum)."""
+    c = component.lower()
+    for start in (*_ROLE_PREFIXES, "ema_"):
+        c = c.removeprefix(start)
+    for end in ("_momentum", "_ema", "_k"):
+        c = c.removesuffix(end)
+    return c in _HEAD_NAMES
 
 
 @dataclass(frozen=True)
@@ -235,7 +254,8 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
         return "mochi"
     if "encoder_q" in cand.prefix or "encoder_k" in cand.prefix:
         return "moco"
-    if cand.scheme == "lightly" or components & {"projection_head", "prediction_head", "backbone_momentum"}:
+    lightly_parts = {"projection_head", "prediction_head", "backbone_momentum", "key_backbone"}
+    if cand.scheme == "lightly" or components & lightly_parts or cand.prefix.startswith(_LIGHTLY_ROLES):
         return "lightly"
     if "meta" in top or "neck" in components:
         return "mmselfsup"
@@ -314,7 +334,7 @@ def extract(
             rel = parts[common:]
             depth = 2 if rel[0] == "module" and len(rel) > 1 else 1
             components.update(rel[:depth])
-            if _role(parts) == role and any(p in _HEAD_NAMES for p in parts[:-1]):
+            if _role(parts) == role and any(_is_head(p) for p in parts[:-1]):
                 head[".".join(rel)] = _to_tensor(v)
             elif container == cand.container:
                 ignored[".".join(parts[:common] + rel[:depth])] += 1
