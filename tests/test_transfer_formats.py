@@ -1,5 +1,6 @@
 """Each recognised layout, built from its naming conventions, converts to the same torchvision tensors."""
 
+import argparse
 import pickle
 
 import numpy as np
@@ -386,3 +387,19 @@ def test_momentum_heads_are_listed_as_dropped(backbone18, tmp_path):
     assert report.head_dropped == sorted(
         k for k in obj["state_dict"] if k.startswith("projection_head_momentum.")
     )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"args": argparse.Namespace(arch="resnet50")},  # DINO / MoCo args
+        {"hyper_parameters": {"backbone": {"name": "resnet50"}}},  # Lightning hyper-parameters
+        {"arch": "resnet50.a1_in1k"},  # timm, with a pretrained tag
+    ],
+)
+def test_declared_arch_must_match_the_tensors(settings, backbone18, tmp_path):
+    path = save({"state_dict": backbone18, **settings}, "torch", tmp_path / "c.pth")
+    with pytest.raises(
+        MochiError, match=r"declares arch resnet50(\.a1_in1k)? but mochi builds a torchvision resnet18"
+    ):
+        load_backbone(path)

@@ -193,3 +193,38 @@ def test_stem_option_refusals(backbone18, tmp_path):
     with pytest.raises(MochiError, match=r"--stem 'tiny': choose one of standard, small, small-pad2"):
         export_backbone(tmp_path / "r18.pth", out, to="torchvision", stem="tiny")
     assert not out.exists()
+
+
+def test_timm_blur_pool_resnet_is_refused_by_its_declared_arch(tmp_path):
+    """timm's resnetblur18 has resnet18's tensors: only the checkpoint's arch name tells them apart."""
+    pytest.importorskip("timm", reason="timm writes the timm checkpoints of the zoo")
+    import timm
+    from timm.utils import CheckpointSaver
+
+    model = timm.create_model("resnetblur18")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = CheckpointSaver(
+        model, opt, args=argparse.Namespace(model="resnetblur18"), checkpoint_dir=tmp_path
+    )
+    saver.save_checkpoint(0, metric=1.0)
+    out = tmp_path / "out.pth"
+    with pytest.raises(
+        MochiError, match=r"declares arch resnetblur18 but mochi builds a torchvision resnet18"
+    ):
+        export_backbone(tmp_path / "last.pth.tar", out, to="torchvision")
+    assert not out.exists()
+
+
+def test_timm_hub_config_names_the_arch(tmp_path):
+    pytest.importorskip("safetensors", reason="the hub weights are .safetensors files")
+    from safetensors.torch import save_file
+
+    model = _timm_model()
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 1000}))
+    assert load_backbone(tmp_path / "model.safetensors")[1].declared_arch == "resnet18"
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnetblur18"}))
+    with pytest.raises(
+        MochiError, match=r"declares arch resnetblur18 but mochi builds a torchvision resnet18"
+    ):
+        load_backbone(tmp_path / "model.safetensors")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from mochi.errors import MochiError
 from mochi.io import sha256_file
 from mochi.resnet import ARCHS, ArchInfo, build_torchvision_resnet, compare, infer_arch, load_strict_except_fc
 
-from .formats import Extraction, check_plain_stem, extract
+from .formats import Extraction, check_plain_stem, extract, named_arch
 from .loading import read_checkpoint
 
 FORMAT_NAMES = {
@@ -79,9 +80,11 @@ class BackboneReport:
                 out.append(f"{len(items)} {label} backbone tensors ({_preview(items)})")
         if self.mismatched:
             out.append(f"{len(self.mismatched)} tensors of the wrong shape ({_preview(self.mismatched)})")
-        if self.declared_arch in ARCHS and self.declared_arch != self.arch:
+        if self.declared_arch and not same_arch(self.declared_arch, self.arch):
             out.append(
-                f"the checkpoint declares arch {self.declared_arch} but its tensors form a {self.arch}"
+                f"the checkpoint declares arch {self.declared_arch} but mochi builds a torchvision "
+                f"{self.arch} from its tensors: not the same network (variants such as anti-aliased or "
+                "blur-pool ResNets have no tensor that tells them apart, and are not supported)"
             )
         if self.declared_small_stem is not None and self.declared_small_stem != self.small_stem:
             out.append(
@@ -133,6 +136,18 @@ class BackboneReport:
         return "\n".join(f"{k:<11} {v}" for k, v in rows)
 
 
+def same_arch(declared: str, arch: str) -> bool:
+    """Whether a declared architecture name is the torchvision ``arch`` we build.
+
+    timm's pretrained tags (``resnet50.a1_in1k``) and ``tv_`` names are the same network; a name outside the
+    ResNet family (not ``res…`` with a depth) says nothing about these tensors and is not held against them.
+    """
+    name = declared.lower().split(".")[0].removeprefix("tv_").removeprefix("torchvision.models.")
+    if not re.match(r"^(wide_)?res\w*\d", name):
+        return True
+    return name == arch
+
+
 def _stem_text(source: str) -> str:
     if source == "assumed":
         return (
@@ -150,6 +165,19 @@ def _beside_settings(path: Path) -> tuple[dict[str, Any], str] | None:
     except (OSError, ValueError):
         return None
     return (data, settings.name) if isinstance(data, dict) else None
+
+
+def _beside_arch(path: Path) -> str | None:
+    """The architecture named beside the file: timm hub config.json, solo-learn args.json (backbone.name)."""
+    for name in ("config.json", "args.json"):
+        try:
+            data = json.loads((path.parent / name).read_text())
+        except (OSError, ValueError):
+            continue
+        arch = named_arch(data)
+        if arch:
+            return arch
+    return None
 
 
 def _resolve_stem(info: ArchInfo, ex: Extraction, path: Path, stem: str | None) -> tuple[str, str]:
@@ -246,7 +274,7 @@ def inspect_checkpoint(
         head_dropped=sorted(ex.head),
         ignored=ex.ignored,
         filled=cmp.filled,
-        declared_arch=ex.declared_arch,
+        declared_arch=ex.declared_arch or _beside_arch(Path(path)),
         declared_small_stem=ex.declared_small_stem,
         stem_source=stem_source,
     )

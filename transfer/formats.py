@@ -20,6 +20,7 @@ are told apart by role: ``query`` (online network), ``key`` (momentum / EMA / ta
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -268,13 +269,32 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
     return "generic"
 
 
+def named_arch(settings: Any) -> str | None:
+    """The architecture a settings object names: ``arch`` (MoCo, DINO, timm), ``model`` (timm train.py,
+    torchvision references), ``backbone`` / ``backbone.name`` (solo-learn), ``architecture`` (timm hub)."""
+    if isinstance(settings, argparse.Namespace):
+        settings = vars(settings)
+    if not isinstance(settings, Mapping):
+        return None
+    for key in ("arch", "architecture", "model", "model_name", "backbone"):
+        value = settings.get(key)
+        if isinstance(value, Mapping):
+            value = value.get("name")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _declared(obj: Any) -> tuple[str | None, bool | None]:
     if not isinstance(obj, Mapping):
         return None, None
     cfg = layout.declared_config(obj)
-    arch = cfg.get("arch", obj.get("arch"))
     small = cfg.get("small_stem")
-    return (arch if isinstance(arch, str) else None), (small if isinstance(small, bool) else None)
+    arch = cfg.get("arch") if isinstance(cfg.get("arch"), str) else None
+    # The file's own word first (timm's arch), then its saved settings (args, Lightning hyper-parameters).
+    for source in (obj, obj.get("args"), obj.get("hyper_parameters"), obj.get("hparams")):
+        arch = arch or named_arch(source)
+    return arch, (small if isinstance(small, bool) else None)
 
 
 def extract(
