@@ -88,6 +88,15 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> ArchInfo:
             "cannot infer the architecture: 'conv1.weight' or 'layer1.0.conv1.weight' is missing; "
             "pass --arch to name it"
         )
+    stem_width = _shape(state_dict["conv1.weight"])[0]
+    if stem_width != 64:
+        # VISSL / SimCLR RN50-w2, -w4: every width multiplied, stem included; torchvision's wide_resnet50_2
+        # widens only the bottleneck's inner convs and keeps a 64-channel stem.
+        raise MochiError(
+            f"wrong architecture: conv1 has {stem_width} output channels (torchvision ResNets have 64): a "
+            f"width-multiplied ResNet (e.g. VISSL / SimCLR RN50-w{stem_width // 64}), which is not "
+            "torchvision's wide_resnet50_2 and is not supported"
+        )
     blocks: dict[int, set[int]] = {1: set(), 2: set(), 3: set(), 4: set()}
     for k in state_dict:
         m = _BLOCK_RE.match(k)

@@ -248,7 +248,7 @@ def test_prefix_overrides_detection(backbone18, tmp_path):
 
 
 def test_ambiguous_backbones_need_prefix(backbone18, tmp_path):
-    obj = {**_prefixed(backbone18, "net_a."), **_prefixed(backbone18, "net_b.")}
+    obj = {**_prefixed(backbone18, "net_a.", 1.0), **_prefixed(backbone18, "net_b.")}
     path = save(obj, "torch", tmp_path / "c.pth")
     with pytest.raises(MochiError, match="several ResNet backbones.*--prefix"):
         load_backbone(path)
@@ -403,3 +403,52 @@ def test_declared_arch_must_match_the_tensors(settings, backbone18, tmp_path):
         MochiError, match=r"declares arch resnet50(\.a1_in1k)? but mochi builds a torchvision resnet18"
     ):
         load_backbone(path)
+
+
+def mmselfsup_moco(b):
+    """MMSelfSup 0.x MoCo: encoder_q = Sequential(backbone, neck) shares its modules with backbone / neck, so
+    the query backbone is saved twice; encoder_k is the momentum copy. Built from that saving layout."""
+    sd = {**_prefixed(b, "backbone."), **_prefixed(b, "encoder_q.0."), **_mlp("encoder_q.1.mlp.")}
+    sd |= {**_mlp("neck.mlp."), **_prefixed(b, "encoder_k.0.", 1.0), **_mlp("encoder_k.1.mlp.")}
+    sd |= {"queue": torch.randn(128, 64), "queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {"meta": {"epoch": 200, "mmcv_version": "1.4"}, "state_dict": sd}
+
+
+def test_mmselfsup_moco_labels(backbone18, tmp_path):
+    path = save(mmselfsup_moco(backbone18), "torch", tmp_path / "c.pth")
+    got, report = load_backbone(path)
+    assert_same(got, backbone18)
+    assert (report.format, report.encoder) == ("mmselfsup", "query")
+    got, report = load_backbone(path, encoder="key")
+    assert (report.format, report.prefix, report.encoder) == ("mmselfsup", "encoder_k.0.", "key")
+
+
+def test_torchvision_references_layout(backbone18, tmp_path):
+    """references/classification/train.py: model, optimizer, lr_scheduler, epoch, args (+ model_ema)."""
+    obj = {"model": backbone18, "optimizer": {}, "lr_scheduler": {"last_epoch": 3}, "epoch": 3}
+    obj |= {"args": argparse.Namespace(model="resnet18", lr=0.5)}
+    _, report = load_backbone(save(obj, "torch", tmp_path / "c.pth"))
+    assert (report.format, report.container, report.declared_arch) == (
+        "torchvision-references",
+        "model",
+        "resnet18",
+    )
+
+
+def test_ambiguity_hint_names_what_to_type(backbone18, tmp_path):
+    obj = {"a": _prefixed(backbone18, "net."), "b": _prefixed(backbone18, "net.", 1.0)}
+    path = save(obj, "torch", tmp_path / "c.pth")
+    with pytest.raises(MochiError, match=r"pick one with --prefix \('a/net\.' or 'b/net\.'\)"):
+        load_backbone(path)
+    got, _ = load_backbone(path, prefix="a/net.")
+    assert_same(got, backbone18)
+
+
+def test_width_multiplied_resnet_is_named(tmp_path):
+    # VISSL RN50-w2: every width doubled, the 64-channel stem included (128 here).
+    sd = {"conv1.weight": torch.zeros(128, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(128, 128, 1, 1)}
+    sd |= {"layer1.0.conv3.weight": torch.zeros(512, 128, 1, 1)}
+    with pytest.raises(
+        MochiError, match=r"conv1 has 128 output channels.*RN50-w2.*not torchvision's wide_resnet"
+    ):
+        load_backbone(save(sd, "torch", tmp_path / "w2.pth"))

@@ -30,6 +30,7 @@ FORMAT_NAMES = {
     "mmselfsup": "MMSelfSup / MMPreTrain",
     "vissl": "VISSL (classy_state_dict trunk)",
     "timm": "timm / wrapped torchvision state dict",
+    "torchvision-references": "torchvision reference scripts (references/classification/train.py)",
     "torchvision": "torchvision state dict",
     "safetensors": "safetensors state dict (timm / Hugging Face hub weights)",
     "detectron2": "Detectron2 .pkl",

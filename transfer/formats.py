@@ -199,7 +199,9 @@ def _no_backbone_error(flat: Mapping[Container, Mapping[str, Any]], obj: Any, wh
     )
 
 
-def _choose(cands: list[Candidate], encoder: str | None, what: str) -> Candidate:
+def _choose(
+    flat: Mapping[Container, Mapping[str, Any]], cands: list[Candidate], encoder: str | None, what: str
+) -> Candidate:
     roles = [r for r in ENCODERS if any(c.role == r for c in cands)]
     if encoder is not None:
         if encoder not in ENCODERS:
@@ -215,12 +217,29 @@ def _choose(cands: list[Candidate], encoder: str | None, what: str) -> Candidate
             chosen = [c for c in cands if c.role == default]
             if chosen:
                 break
-    if len(chosen) > 1:
+    if len(chosen) > 1 and not _same_tensors(flat, chosen):
+        # --prefix takes a prefix, or container/prefix where containers differ and prefixes do not.
+        prefixes = [c.prefix for c in chosen]
+        names = [c.where if prefixes.count(c.prefix) > 1 else c.prefix for c in chosen]
         raise MochiError(
             f"{what} holds several ResNet backbones ({', '.join(c.where for c in chosen)}); "
-            "pass --prefix to pick one"
+            f"pick one with --prefix ({' or '.join(repr(n) for n in names)})"
         )
     return chosen[0]
+
+
+def _same_tensors(flat: Mapping[Container, Mapping[str, Any]], cands: list[Candidate]) -> bool:
+    """Whether the candidates are one network saved under several names (a module shared by two parents,
+    as MMSelfSup's backbone and encoder_q.0): then any of them is the backbone."""
+    first = cands[0]
+    ref = {k[len(first.prefix) :]: v for k, v in flat[first.container].items() if k.startswith(first.prefix)}
+    for c in cands[1:]:
+        got = {k[len(c.prefix) :]: v for k, v in flat[c.container].items() if k.startswith(c.prefix)}
+        if got.keys() != ref.keys() or not all(
+            torch.equal(_to_tensor(got[k]), _to_tensor(ref[k])) for k in ref
+        ):
+            return False
+    return True
 
 
 def _with_user_prefix(
@@ -253,17 +272,20 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
         return "dino"
     if layout.mochi_format_version(obj) is not None:
         return "mochi"
+    # OpenMMLab's meta before MoCo's names: MMSelfSup's MoCo also has encoder_q / encoder_k.
+    if "meta" in top or "neck" in components:
+        return "mmselfsup"
     if "encoder_q" in cand.prefix or "encoder_k" in cand.prefix:
         return "moco"
     lightly_parts = {"projection_head", "prediction_head", "backbone_momentum", "key_backbone"}
     if cand.scheme == "lightly" or components & lightly_parts or cand.prefix.startswith(_LIGHTLY_ROLES):
         return "lightly"
-    if "meta" in top or "neck" in components:
-        return "mmselfsup"
     if components & {"projector", "momentum_backbone", "classifier", "momentum_projector", "predictor"}:
         return "solo-learn"
     if kind == "safetensors" and cand.prefix == "":
         return "safetensors"
+    if cand.container[:1] in (("model",), ("model_ema",)) and "lr_scheduler" in top:
+        return "torchvision-references"  # references/classification/train.py
     if cand.prefix in ("", "module."):
         return "torchvision" if cand.container == () else "timm"
     return "generic"
@@ -318,7 +340,7 @@ def extract(
         cands = _with_user_prefix(flat, cands, prefix, what)
     if not cands:
         raise _no_backbone_error(flat, obj, what)
-    cand = _choose(cands, encoder, what)
+    cand = _choose(flat, cands, encoder, what)
     tensors = flat[cand.container]
 
     backbone: dict[str, torch.Tensor] = {}
