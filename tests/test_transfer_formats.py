@@ -2,6 +2,7 @@
 
 import argparse
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -452,3 +453,37 @@ def test_width_multiplied_resnet_is_named(tmp_path):
         MochiError, match=r"conv1 has 128 output channels.*RN50-w2.*not torchvision's wide_resnet"
     ):
         load_backbone(save(sd, "torch", tmp_path / "w2.pth"))
+
+
+_MM_CFG = """model = dict(
+    type='MoCo',
+    backbone=dict(
+        type='ResNet',
+        depth=18,
+        norm_cfg=dict(type='BN'),
+        zero_init_residual=False),
+    neck=dict(type='MoCoV2Neck', in_channels=512, hid_channels=512, out_channels=128))"""
+
+
+@pytest.mark.parametrize(
+    "cfg, declared",
+    [
+        (_MM_CFG, None),
+        (_MM_CFG.replace("depth=18", "depth=50"), "resnet50"),
+        (_MM_CFG.replace("zero_init_residual=False", "style='caffe'"), "resnet18 (style='caffe')"),
+    ],
+)
+def test_mmengine_meta_cfg_names_the_backbone(cfg, declared, backbone18, tmp_path):
+    """mmengine saves the config text as meta.cfg (its documented checkpoint layout, built here)."""
+    obj = {
+        "meta": {"mmengine_version": "0.10.4", "cfg": cfg},
+        "state_dict": _prefixed(backbone18, "backbone."),
+    }
+    path = save(obj, "torch", tmp_path / "epoch_200.pth")
+    if declared is None:
+        got, report = load_backbone(path)
+        assert_same(got, backbone18)
+        assert report.declared_arch == "resnet18"
+    else:
+        with pytest.raises(MochiError, match=rf"declares arch {re.escape(declared)} but mochi builds"):
+            load_backbone(path)

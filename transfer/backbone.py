@@ -21,7 +21,8 @@ from mochi.errors import MochiError
 from mochi.io import sha256_file
 from mochi.resnet import ARCHS, ArchInfo, build_torchvision_resnet, compare, infer_arch, load_strict_except_fc
 
-from .formats import Extraction, check_plain_stem, extract, named_arch
+from .declared import named_arch
+from .formats import Extraction, check_plain_stem, extract
 from .loading import read_checkpoint
 
 FORMAT_NAMES = {

@@ -20,7 +20,6 @@ are told apart by role: ``query`` (online network), ``key`` (momentum / EMA / ta
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from mochi import layout
 from mochi.constants import ENCODERS
 from mochi.errors import MochiError
 
+from .declared import declared
 from .detectron2.names import CAFFE2_HINT, d2_to_tv_name
 
 _ANCHORS = {
@@ -291,34 +291,6 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
     return "generic"
 
 
-def named_arch(settings: Any) -> str | None:
-    """The architecture a settings object names: ``arch`` (MoCo, DINO, timm), ``model`` (timm train.py,
-    torchvision references), ``backbone`` / ``backbone.name`` (solo-learn), ``architecture`` (timm hub)."""
-    if isinstance(settings, argparse.Namespace):
-        settings = vars(settings)
-    if not isinstance(settings, Mapping):
-        return None
-    for key in ("arch", "architecture", "model", "model_name", "backbone"):
-        value = settings.get(key)
-        if isinstance(value, Mapping):
-            value = value.get("name")
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _declared(obj: Any) -> tuple[str | None, bool | None]:
-    if not isinstance(obj, Mapping):
-        return None, None
-    cfg = layout.declared_config(obj)
-    small = cfg.get("small_stem")
-    arch = cfg.get("arch") if isinstance(cfg.get("arch"), str) else None
-    # The file's own word first (timm's arch), then its saved settings (args, Lightning hyper-parameters).
-    for source in (obj, obj.get("args"), obj.get("hyper_parameters"), obj.get("hparams")):
-        arch = arch or named_arch(source)
-    return arch, (small if isinstance(small, bool) else None)
-
-
 def extract(
     obj: Any,
     kind: str = "torch",
@@ -385,7 +357,7 @@ def extract(
                 ignored[container[0] if container else parts[0]] += 1
 
     encoder_label = role if (len(all_roles) > 1 or role != "query" or "encoder_q" in cand.prefix) else None
-    arch, small = _declared(obj)
+    arch, small = declared(obj)
     return Extraction(
         format=_format_label(obj, cand, kind, components),
         container=".".join(cand.container),
