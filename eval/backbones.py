@@ -63,6 +63,7 @@ def load_eval_backbone(
     seed: int = 0,
     encoder: str | None = None,
     prefix: str | None = None,
+    stem: str | None = None,
     trust_checkpoint: bool = False,
 ) -> EvalBackbone:
     """Load ``checkpoint`` (any format :func:`mochi.transfer.load_backbone` reads), or build a random-init
@@ -93,7 +94,7 @@ def load_eval_backbone(
             f"checkpoint not found: {path}. Pass the path of a checkpoint file, or --random-init"
         )
     state, report = load_backbone(
-        path, encoder=encoder, prefix=prefix, arch=arch, trust_checkpoint=trust_checkpoint
+        path, encoder=encoder, prefix=prefix, arch=arch, stem=stem, trust_checkpoint=trust_checkpoint
     )
     model = build_backbone(report, state)
     evaluated = {

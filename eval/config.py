@@ -32,8 +32,8 @@ class BackboneSpec:
 
     ``checkpoint`` xor ``random_init``; ``arch`` names what to build for random init (with a checkpoint it
     asserts the inferred architecture); ``small_stem`` / ``init_seed`` apply to random init; ``encoder`` /
-    ``prefix`` pick the network inside a multi-encoder checkpoint; ``trust_checkpoint`` allows arbitrary
-    unpickling (trusted files only).
+    ``prefix`` pick the network inside a multi-encoder checkpoint; ``stem`` a 3×3 conv1's stem;
+    ``trust_checkpoint`` allows arbitrary unpickling (trusted files only).
     """
 
     checkpoint: str | None = None
@@ -43,6 +43,7 @@ class BackboneSpec:
     init_seed: int = 0
     encoder: str | None = None
     prefix: str | None = None
+    stem: str | None = None
     trust_checkpoint: bool = False
 
     def load(self) -> EvalBackbone:
@@ -50,7 +51,7 @@ class BackboneSpec:
 
         return load_eval_backbone(
             self.checkpoint, random_init=self.random_init, arch=self.arch, small_stem=self.small_stem,
-            seed=self.init_seed, encoder=self.encoder, prefix=self.prefix,
+            seed=self.init_seed, encoder=self.encoder, prefix=self.prefix, stem=self.stem,
             trust_checkpoint=self.trust_checkpoint,
         )  # fmt: skip
 

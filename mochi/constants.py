@@ -4,6 +4,7 @@
 - :data:`AUGMENTATIONS`: the pretraining pipelines (:mod:`mochi.transforms` builds them).
 - :data:`ENCODERS`: the networks a two-encoder checkpoint can hold (MoCo query/key, DINO teacher/student).
 - :data:`EXPORT_TARGETS`: the layouts ``mochi export`` writes.
+- :data:`STEMS`: the ResNet stems a backbone can be built with.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ AUGMENTATIONS = ("aug-plus", "aug-plus-small")
 ENCODERS = ("query", "key", "teacher", "student")
 
 EXPORT_TARGETS = ("torchvision", "detectron2")
+# ResNet stems: torchvision's 7×7 stride-2 conv1 + max-pool; the 32 px stem (3×3 stride-1 conv1, no max-pool)
+# with padding 1 (ours, most CIFAR code) or padding 2 (solo-learn's CIFAR ResNets). Same tensor shapes.
+STEMS = ("standard", "small", "small-pad2")
 
 # Detection: BN choice of `mochi detect --norm` (auto: SyncBN / naiveSyncBN become BN in one process).
 NORM_CHOICES = ("auto", "config", "BN", "SyncBN", "naiveSyncBN")

@@ -40,18 +40,21 @@ class ArchInfo:
 
 
 def build_torchvision_resnet(
-    arch: str, small_stem: bool = False, *, num_classes: int = 1000
+    arch: str, small_stem: bool = False, *, num_classes: int = 1000, stem_padding: int = 1
 ) -> torchvision.models.ResNet:
     """``torchvision.models.<arch>(num_classes=...)``, random init; the one ResNet builder of every stage.
 
     ``small_stem``: 3×3 stride-1 conv1 and no max-pool (the usual stem for 32 px images); every tensor keeps
-    its name, only ``conv1.weight`` changes shape.
+    its name, only ``conv1.weight`` changes shape. ``stem_padding``: that conv's padding (2 for solo-learn's
+    CIFAR ResNets, whose weights have the same shapes but compute different features).
     """
     if arch not in ARCHS:
         raise MochiError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if small_stem:
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(
+            3, model.conv1.out_channels, kernel_size=3, stride=1, padding=stem_padding, bias=False
+        )
         model.maxpool = nn.Identity()
     return model
 
@@ -84,6 +87,15 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> ArchInfo:
         raise MochiError(
             "cannot infer the architecture: 'conv1.weight' or 'layer1.0.conv1.weight' is missing; "
             "pass --arch to name it"
+        )
+    stem_width = _shape(state_dict["conv1.weight"])[0]
+    if stem_width != 64:
+        # VISSL / SimCLR RN50-w2, -w4: every width multiplied, stem included; torchvision's wide_resnet50_2
+        # widens only the bottleneck's inner convs and keeps a 64-channel stem.
+        raise MochiError(
+            f"wrong architecture: conv1 has {stem_width} output channels (torchvision ResNets have 64): a "
+            f"width-multiplied ResNet (e.g. VISSL / SimCLR RN50-w{stem_width // 64}), which is not "
+            "torchvision's wide_resnet50_2 and is not supported"
         )
     blocks: dict[int, set[int]] = {1: set(), 2: set(), 3: set(), 4: set()}
     for k in state_dict:

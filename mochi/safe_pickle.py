@@ -33,14 +33,18 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The pickle references a global outside the allow-list (it could run code)."""
 
 
+def is_allowed(module: str, name: str) -> bool:
+    """Whether the global ``module.name`` is on the allow-list (it only rebuilds numpy data)."""
+    if (module, name) in _ALLOWED:
+        return True
+    # numpy >= 1.25 pickles dtypes through numpy.dtypes.<Name>DType classes.
+    return name.endswith("DType") and module in ("numpy.dtypes", "numpy._core._dtype", "numpy.core._dtype")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
+        if is_allowed(module, name):
             return super().find_class(module, name)
-        if module.startswith("numpy") and name.endswith("DType"):
-            # numpy >= 1.25 pickles dtypes through numpy.dtypes.<Name>DType classes.
-            if module in ("numpy.dtypes", "numpy._core._dtype", "numpy.core._dtype"):
-                return super().find_class(module, name)
         raise UnsafePickleError(
             f"refusing to unpickle global {module}.{name}: only numpy arrays and plain containers are allowed"
         )

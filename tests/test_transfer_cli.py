@@ -111,3 +111,18 @@ def test_cli_errors_are_one_line(tmp_path):
     torch.save({"arch": "resnet18"}, tmp_path / "empty.pth")
     res = run("export", tmp_path / "empty.pth", "--to", "torchvision", "-o", tmp_path / "o.pth")
     assert res.exit_code == 1 and "holds no tensors" in res.output
+
+
+def test_inspect_refusals_and_stem_choice_from_the_command_line(tmp_path):
+    torch.save(torchvision.models.resnet18(), tmp_path / "whole.pth")
+    res = run("export", tmp_path / "whole.pth", "--to", "torchvision", "-o", tmp_path / "out.pth")
+    assert res.exit_code == 1 and "torchvision.models.resnet.ResNet" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out.pth").exists()
+    small = torchvision.models.resnet18().state_dict()
+    small["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(small, tmp_path / "cifar.pth")
+    res = run("inspect", tmp_path / "cifar.pth")
+    assert res.exit_code == 0 and "stem: small (assumed:" in res.output
+    res = run("inspect", tmp_path / "cifar.pth", "--stem", "small-pad2", "--json")
+    report = json.loads(res.output)
+    assert res.exit_code == 0 and (report["stem"], report["stem_source"]) == ("small-pad2", "--stem")

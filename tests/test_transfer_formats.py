@@ -1,6 +1,8 @@
 """Each recognised layout, built from its naming conventions, converts to the same torchvision tensors."""
 
+import argparse
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from mochi import layout as mochi_layout
 from mochi.errors import MochiError
-from mochi.transfer import from_detectron2, load_backbone, to_detectron2
+from mochi.transfer import from_detectron2, inspect_checkpoint, load_backbone, to_detectron2
 from mochi.transfer.detectron2 import tv_to_d2_name
 
 
@@ -247,7 +249,7 @@ def test_prefix_overrides_detection(backbone18, tmp_path):
 
 
 def test_ambiguous_backbones_need_prefix(backbone18, tmp_path):
-    obj = {**_prefixed(backbone18, "net_a."), **_prefixed(backbone18, "net_b.")}
+    obj = {**_prefixed(backbone18, "net_a.", 1.0), **_prefixed(backbone18, "net_b.")}
     path = save(obj, "torch", tmp_path / "c.pth")
     with pytest.raises(MochiError, match="several ResNet backbones.*--prefix"):
         load_backbone(path)
@@ -312,3 +314,176 @@ def test_own_checkpoints_are_recognised_by_layout_version(backbone18, tmp_path):
     torch.save(newer, tmp_path / "newer.pth")
     with pytest.raises(MochiError, match="newer mochi.*layout version 2.*upgrade"):
         load_backbone(tmp_path / "newer.pth")
+
+
+def test_top_level_tensor_beside_state_dict(backbone18, tmp_path):
+    # MoCo's main_lincls.py / the PyTorch ImageNet example save best_acc1 as a tensor next to state_dict.
+    sd = {**_prefixed(backbone18, "module."), "module.fc.weight": torch.randn(10, 512)}
+    obj = {"epoch": 90, "arch": "resnet18", "state_dict": sd, "best_acc1": torch.tensor(70.1)}
+    got, report = load_backbone(save(obj, "torch", tmp_path / "lincls.pth.tar"))
+    assert_same(got, backbone18)
+    assert report.prefix == "module." and report.ignored == {"best_acc1": 1}
+    assert report.head_dropped == ["fc.weight"]
+
+
+def lightly_benchmark_moco(b):
+    """Lightly's benchmarks (benchmarks/imagenet/resnet50/mocov2.py): backbone, projection_head, key_backbone,
+    key_projection_head in a Lightning checkpoint; built from that documented layout."""
+    sd = {**_prefixed(b, "backbone."), **_mlp("projection_head.layers.")}
+    sd |= {**_prefixed(b, "key_backbone.", 1.0), **_mlp("key_projection_head.layers.")}
+    return {"epoch": 100, "state_dict": sd}, "torch", "lightly", "backbone.", "query"
+
+
+def lightly_benchmark_dino(b):
+    sd = {**_prefixed(b, "teacher_backbone."), **_mlp("teacher_head.layers.")}
+    sd |= {**_prefixed(b, "student_backbone.", 1.0), **_mlp("student_head.layers.")}
+    return {"epoch": 100, "state_dict": sd}, "torch", "lightly", "teacher_backbone.", "teacher"
+
+
+def vissl_moco(b):
+    """VISSL MoCo: the query trunk in base_model, the momentum encoder in the loss state as moco_encoder."""
+    trunk = {**_prefixed(b, "_feature_blocks."), "heads.0.clf.0.weight": torch.randn(128, 512)}
+    key = {**_prefixed(b, "trunk._feature_blocks.", 1.0), **_mlp("heads.0.clf.")}
+    loss = {"queue": torch.randn(128, 64), "moco_encoder": key}
+    obj = {"classy_state_dict": {"base_model": {"model": {"trunk": trunk}}, "loss": loss}}
+    return obj, "torch", "vissl", "_feature_blocks.", "query"
+
+
+@pytest.mark.parametrize(
+    "layout, encoder, prefix",
+    [
+        (lightly_benchmark_moco, "key", "key_backbone."),
+        (lightly_benchmark_dino, "student", "student_backbone."),
+        (vissl_moco, "key", "trunk._feature_blocks."),
+    ],
+)
+def test_two_encoder_layouts(layout, encoder, prefix, backbone18, tmp_path):
+    obj, how, fmt, default_prefix, default_encoder = layout(backbone18)
+    path = save(obj, how, tmp_path / "c.pth")
+    got, report = load_backbone(path)
+    assert_same(got, backbone18)
+    assert (report.format, report.prefix, report.encoder) == (fmt, default_prefix, default_encoder)
+    want = {k: (v + 1.0 if v.is_floating_point() else v) for k, v in backbone18.items()}
+    for kw in ({"encoder": encoder}, {"prefix": prefix}):
+        got, report = load_backbone(path, **kw)
+        assert_same(got, want)
+        assert (report.format, report.prefix, report.encoder) == (fmt, prefix, encoder)
+
+
+def test_keep_head_packs_the_chosen_encoders_own_head(backbone18, tmp_path):
+    obj, how, *_ = lightly_benchmark_moco(backbone18)
+    sd = obj["state_dict"]
+    for kw in ({"encoder": "key"}, {"prefix": "key_backbone."}):
+        _, head, report = inspect_checkpoint(save(obj, how, tmp_path / "c.pth"), **kw)
+        assert sorted(head) == sorted(k for k in sd if k.startswith("key_projection_head."))
+        assert all(torch.equal(head[k], sd[k]) for k in head)
+        assert report.head_dropped == sorted(head)
+    _, _, report = inspect_checkpoint(tmp_path / "c.pth", encoder="query")
+    assert all(k.startswith("projection_head.") for k in report.head_dropped)
+
+
+def test_momentum_heads_are_listed_as_dropped(backbone18, tmp_path):
+    obj, how, *_ = lightly_sequential(backbone18)
+    _, report = load_backbone(save(obj, how, tmp_path / "c.pth"), encoder="key")
+    assert report.head_dropped == sorted(
+        k for k in obj["state_dict"] if k.startswith("projection_head_momentum.")
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"args": argparse.Namespace(arch="resnet50")},  # DINO / MoCo args
+        {"hyper_parameters": {"backbone": {"name": "resnet50"}}},  # Lightning hyper-parameters
+        {"arch": "resnet50.a1_in1k"},  # timm, with a pretrained tag
+    ],
+)
+def test_declared_arch_must_match_the_tensors(settings, backbone18, tmp_path):
+    path = save({"state_dict": backbone18, **settings}, "torch", tmp_path / "c.pth")
+    with pytest.raises(
+        MochiError, match=r"declares arch resnet50(\.a1_in1k)? but mochi builds a torchvision resnet18"
+    ):
+        load_backbone(path)
+
+
+def mmselfsup_moco(b):
+    """MMSelfSup 0.x MoCo: encoder_q = Sequential(backbone, neck) shares its modules with backbone / neck, so
+    the query backbone is saved twice; encoder_k is the momentum copy. Built from that saving layout."""
+    sd = {**_prefixed(b, "backbone."), **_prefixed(b, "encoder_q.0."), **_mlp("encoder_q.1.mlp.")}
+    sd |= {**_mlp("neck.mlp."), **_prefixed(b, "encoder_k.0.", 1.0), **_mlp("encoder_k.1.mlp.")}
+    sd |= {"queue": torch.randn(128, 64), "queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {"meta": {"epoch": 200, "mmcv_version": "1.4"}, "state_dict": sd}
+
+
+def test_mmselfsup_moco_labels(backbone18, tmp_path):
+    path = save(mmselfsup_moco(backbone18), "torch", tmp_path / "c.pth")
+    got, report = load_backbone(path)
+    assert_same(got, backbone18)
+    assert (report.format, report.encoder) == ("mmselfsup", "query")
+    got, report = load_backbone(path, encoder="key")
+    assert (report.format, report.prefix, report.encoder) == ("mmselfsup", "encoder_k.0.", "key")
+
+
+def test_torchvision_references_layout(backbone18, tmp_path):
+    """references/classification/train.py: model, optimizer, lr_scheduler, epoch, args (+ model_ema)."""
+    obj = {"model": backbone18, "optimizer": {}, "lr_scheduler": {"last_epoch": 3}, "epoch": 3}
+    obj |= {"args": argparse.Namespace(model="resnet18", lr=0.5)}
+    _, report = load_backbone(save(obj, "torch", tmp_path / "c.pth"))
+    assert (report.format, report.container, report.declared_arch) == (
+        "torchvision-references",
+        "model",
+        "resnet18",
+    )
+
+
+def test_ambiguity_hint_names_what_to_type(backbone18, tmp_path):
+    obj = {"a": _prefixed(backbone18, "net."), "b": _prefixed(backbone18, "net.", 1.0)}
+    path = save(obj, "torch", tmp_path / "c.pth")
+    with pytest.raises(MochiError, match=r"pick one with --prefix \('a/net\.' or 'b/net\.'\)"):
+        load_backbone(path)
+    got, _ = load_backbone(path, prefix="a/net.")
+    assert_same(got, backbone18)
+
+
+def test_width_multiplied_resnet_is_named(tmp_path):
+    # VISSL RN50-w2: every width doubled, the 64-channel stem included (128 here).
+    sd = {"conv1.weight": torch.zeros(128, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(128, 128, 1, 1)}
+    sd |= {"layer1.0.conv3.weight": torch.zeros(512, 128, 1, 1)}
+    with pytest.raises(
+        MochiError, match=r"conv1 has 128 output channels.*RN50-w2.*not torchvision's wide_resnet"
+    ):
+        load_backbone(save(sd, "torch", tmp_path / "w2.pth"))
+
+
+_MM_CFG = """model = dict(
+    type='MoCo',
+    backbone=dict(
+        type='ResNet',
+        depth=18,
+        norm_cfg=dict(type='BN'),
+        zero_init_residual=False),
+    neck=dict(type='MoCoV2Neck', in_channels=512, hid_channels=512, out_channels=128))"""
+
+
+@pytest.mark.parametrize(
+    "cfg, declared",
+    [
+        (_MM_CFG, None),
+        (_MM_CFG.replace("depth=18", "depth=50"), "resnet50"),
+        (_MM_CFG.replace("zero_init_residual=False", "style='caffe'"), "resnet18 (style='caffe')"),
+    ],
+)
+def test_mmengine_meta_cfg_names_the_backbone(cfg, declared, backbone18, tmp_path):
+    """mmengine saves the config text as meta.cfg (its documented checkpoint layout, built here)."""
+    obj = {
+        "meta": {"mmengine_version": "0.10.4", "cfg": cfg},
+        "state_dict": _prefixed(backbone18, "backbone."),
+    }
+    path = save(obj, "torch", tmp_path / "epoch_200.pth")
+    if declared is None:
+        got, report = load_backbone(path)
+        assert_same(got, backbone18)
+        assert report.declared_arch == "resnet18"
+    else:
+        with pytest.raises(MochiError, match=rf"declares arch {re.escape(declared)} but mochi builds"):
+            load_backbone(path)

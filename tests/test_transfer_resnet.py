@@ -44,7 +44,7 @@ def test_declared_arch_must_match_tensors(backbone18, tmp_path):
     torch.save(
         {"arch": "resnet50", "state_dict": _prefix(backbone18, "module.encoder_q.")}, tmp_path / "c.pth"
     )
-    with pytest.raises(MochiError, match="declares arch resnet50 but its tensors form a resnet18"):
+    with pytest.raises(MochiError, match="declares arch resnet50 but mochi builds a torchvision resnet18"):
         load_backbone(tmp_path / "c.pth")
 
 

@@ -33,6 +33,7 @@ def export_backbone(
     encoder: str | None = None,
     prefix: str | None = None,
     arch: str | None = None,
+    stem: str | None = None,
     keep_head: bool = False,
     trust_checkpoint: bool = False,
     force: bool = False,
@@ -59,7 +60,7 @@ def export_backbone(
     if keep_head and to != "detectron2":
         raise MochiError("--keep-head applies to --to detectron2 only; a torchvision export never has a head")
     backbone, head, report = inspect_checkpoint(
-        path, encoder=encoder, prefix=prefix, arch=arch, trust_checkpoint=trust_checkpoint
+        path, encoder=encoder, prefix=prefix, arch=arch, stem=stem, trust_checkpoint=trust_checkpoint
     )
     report.raise_if_bad()
     if to == "torchvision":

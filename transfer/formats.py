@@ -33,6 +33,7 @@ from mochi import layout
 from mochi.constants import ENCODERS
 from mochi.errors import MochiError
 
+from .declared import declared
 from .detectron2.names import CAFFE2_HINT, d2_to_tv_name
 
 _ANCHORS = {
@@ -42,6 +43,7 @@ _ANCHORS = {
 }
 _LIGHTLY_INDEX = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 # Path components that name a head (projector, classifier, DINO head, VISSL heads, MMSelfSup neck).
+_LIGHTLY_ROLES = ("key_backbone.", "teacher_backbone.", "student_backbone.")
 _HEAD_NAMES = {
     "fc",
     "head",
@@ -77,16 +79,34 @@ def flatten(obj: Any, max_depth: int = 8) -> dict[Container, dict[str, Any]]:
     return out
 
 
+# Lightly's benchmarks name the networks key_backbone / teacher_backbone / student_backbone (and their heads
+# key_projection_head, teacher_head ...); VISSL keeps MoCo's momentum encoder as the loss's moco_encoder.
+_ROLE_PREFIXES = {"key_": "key", "teacher_": "teacher", "student_": "student", "momentum_": "key"}
+
+
 def _role(components: list[str]) -> str:
-    if components and components[0] in ("teacher", "student"):
-        return components[0]
     for c in components:
         c = c.lower()
-        if c in ("encoder_k", "ema", "key_encoder") or "momentum" in c or "target" in c:
+        if c in ("teacher", "student"):
+            return c
+        for start, role in _ROLE_PREFIXES.items():
+            if c.startswith(start):
+                return role
+        if c in ("encoder_k", "ema", "key_encoder", "moco_encoder") or "momentum" in c or "target" in c:
             return "key"
         if c.endswith("_ema") or c.startswith("ema_"):
             return "key"
     return "query"
+
+
+def _is_head(component: str) -> bool:
+    """A head's path component, also with its network's name on it (key_projection_head, head_momentum)."""
+    c = component.lower()
+    for start in (*_ROLE_PREFIXES, "ema_"):
+        c = c.removeprefix(start)
+    for end in ("_momentum", "_ema", "_k"):
+        c = c.removesuffix(end)
+    return c in _HEAD_NAMES
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,9 @@ def _no_backbone_error(flat: Mapping[Container, Mapping[str, Any]], obj: Any, wh
     )
 
 
-def _choose(cands: list[Candidate], encoder: str | None, what: str) -> Candidate:
+def _choose(
+    flat: Mapping[Container, Mapping[str, Any]], cands: list[Candidate], encoder: str | None, what: str
+) -> Candidate:
     roles = [r for r in ENCODERS if any(c.role == r for c in cands)]
     if encoder is not None:
         if encoder not in ENCODERS:
@@ -195,12 +217,29 @@ def _choose(cands: list[Candidate], encoder: str | None, what: str) -> Candidate
             chosen = [c for c in cands if c.role == default]
             if chosen:
                 break
-    if len(chosen) > 1:
+    if len(chosen) > 1 and not _same_tensors(flat, chosen):
+        # --prefix takes a prefix, or container/prefix where containers differ and prefixes do not.
+        prefixes = [c.prefix for c in chosen]
+        names = [c.where if prefixes.count(c.prefix) > 1 else c.prefix for c in chosen]
         raise MochiError(
             f"{what} holds several ResNet backbones ({', '.join(c.where for c in chosen)}); "
-            "pass --prefix to pick one"
+            f"pick one with --prefix ({' or '.join(repr(n) for n in names)})"
         )
     return chosen[0]
+
+
+def _same_tensors(flat: Mapping[Container, Mapping[str, Any]], cands: list[Candidate]) -> bool:
+    """Whether the candidates are one network saved under several names (a module shared by two parents,
+    as MMSelfSup's backbone and encoder_q.0): then any of them is the backbone."""
+    first = cands[0]
+    ref = {k[len(first.prefix) :]: v for k, v in flat[first.container].items() if k.startswith(first.prefix)}
+    for c in cands[1:]:
+        got = {k[len(c.prefix) :]: v for k, v in flat[c.container].items() if k.startswith(c.prefix)}
+        if got.keys() != ref.keys() or not all(
+            torch.equal(_to_tensor(got[k]), _to_tensor(ref[k])) for k in ref
+        ):
+            return False
+    return True
 
 
 def _with_user_prefix(
@@ -233,26 +272,23 @@ def _format_label(obj: Any, cand: Candidate, kind: str, components: set[str]) ->
         return "dino"
     if layout.mochi_format_version(obj) is not None:
         return "mochi"
-    if "encoder_q" in cand.prefix or "encoder_k" in cand.prefix:
-        return "moco"
-    if cand.scheme == "lightly" or components & {"projection_head", "prediction_head", "backbone_momentum"}:
-        return "lightly"
+    # OpenMMLab's meta before MoCo's names: MMSelfSup's MoCo also has encoder_q / encoder_k.
     if "meta" in top or "neck" in components:
         return "mmselfsup"
+    if "encoder_q" in cand.prefix or "encoder_k" in cand.prefix:
+        return "moco"
+    lightly_parts = {"projection_head", "prediction_head", "backbone_momentum", "key_backbone"}
+    if cand.scheme == "lightly" or components & lightly_parts or cand.prefix.startswith(_LIGHTLY_ROLES):
+        return "lightly"
     if components & {"projector", "momentum_backbone", "classifier", "momentum_projector", "predictor"}:
         return "solo-learn"
+    if kind == "safetensors" and cand.prefix == "":
+        return "safetensors"
+    if cand.container[:1] in (("model",), ("model_ema",)) and "lr_scheduler" in top:
+        return "torchvision-references"  # references/classification/train.py
     if cand.prefix in ("", "module."):
         return "torchvision" if cand.container == () else "timm"
     return "generic"
-
-
-def _declared(obj: Any) -> tuple[str | None, bool | None]:
-    if not isinstance(obj, Mapping):
-        return None, None
-    cfg = layout.declared_config(obj)
-    arch = cfg.get("arch", obj.get("arch"))
-    small = cfg.get("small_stem")
-    return (arch if isinstance(arch, str) else None), (small if isinstance(small, bool) else None)
 
 
 def extract(
@@ -276,7 +312,7 @@ def extract(
         cands = _with_user_prefix(flat, cands, prefix, what)
     if not cands:
         raise _no_backbone_error(flat, obj, what)
-    cand = _choose(cands, encoder, what)
+    cand = _choose(flat, cands, encoder, what)
     tensors = flat[cand.container]
 
     backbone: dict[str, torch.Tensor] = {}
@@ -312,15 +348,16 @@ def extract(
             rel = parts[common:]
             depth = 2 if rel[0] == "module" and len(rel) > 1 else 1
             components.update(rel[:depth])
-            if _role(parts) == role and any(p in _HEAD_NAMES for p in parts[:-1]):
+            if _role(parts) == role and any(_is_head(p) for p in parts[:-1]):
                 head[".".join(rel)] = _to_tensor(v)
             elif container == cand.container:
                 ignored[".".join(parts[:common] + rel[:depth])] += 1
             else:
-                ignored[container[0]] += 1
+                # A top-level tensor beside a nested state dict (``best_acc1`` of MoCo's main_lincls.py).
+                ignored[container[0] if container else parts[0]] += 1
 
     encoder_label = role if (len(all_roles) > 1 or role != "query" or "encoder_q" in cand.prefix) else None
-    arch, small = _declared(obj)
+    arch, small = declared(obj)
     return Extraction(
         format=_format_label(obj, cand, kind, components),
         container=".".join(cand.container),

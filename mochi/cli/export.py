@@ -27,7 +27,7 @@ from mochi.constants import EXPORT_TARGETS
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export_cmd(
-    checkpoint, to, output, encoder, prefix, arch, trust_checkpoint, keep_head, author, force
+    checkpoint, to, output, encoder, prefix, arch, stem, trust_checkpoint, keep_head, author, force
 ) -> None:
     """Write CHECKPOINT's ResNet backbone for torchvision or Detectron2, after a strict load check."""
     from mochi.transfer.export import export_backbone
@@ -39,6 +39,7 @@ def export_cmd(
         encoder=encoder,
         prefix=prefix,
         arch=arch,
+        stem=stem,
         keep_head=keep_head,
         trust_checkpoint=trust_checkpoint,
         force=force,
@@ -47,7 +48,8 @@ def export_cmd(
     click.echo(report.to_text())
     if to == "torchvision":
         builder = (
-            f"mochi.transfer.build_torchvision_resnet({report.arch!r}, small_stem=True)"
+            f"mochi.transfer.build_torchvision_resnet({report.arch!r}, small_stem=True"
+            + (", stem_padding=2)" if report.stem_padding == 2 else ")")
             if report.small_stem
             else f"torchvision.models.{report.arch}()"
         )

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from mochi.constants import ARCHS, ENCODERS
+from mochi.constants import ARCHS, ENCODERS, STEMS
 from mochi.errors import ConfigError
 from mochi.eval.config import DEVICES, FEATURE_DTYPES, BackboneSpec, EvalData
 
@@ -213,13 +213,17 @@ BACKBONE_FLAGS = {
         help="Which network of a two-encoder checkpoint: query/key (MoCo) or teacher/student (DINO).",
     ),
     "prefix": flag("--prefix", help="Backbone key prefix (e.g. module.encoder_q.), overriding detection."),
+    "stem": flag(
+        "--stem", choices=list(STEMS), default_text="from the checkpoint's settings",
+        help="A 3x3 conv1's stem: small (padding 1) or small-pad2 (solo-learn CIFAR).",
+    ),
     "trust_checkpoint": flag(
         "--trust-checkpoint",
         help="Allow arbitrary unpickling (can run code from the file): only for files from a trusted source.",
     ),
 }  # fmt: skip
 # What export / inspect take: the fields that say where the backbone is in a checkpoint.
-CHECKPOINT_FIELDS = ("encoder", "prefix", "arch", "trust_checkpoint")
+CHECKPOINT_FIELDS = ("encoder", "prefix", "arch", "stem", "trust_checkpoint")
 
 
 def backbone_options(fields: Sequence[str] = tuple(BACKBONE_FLAGS)) -> Callable:
