@@ -362,11 +362,8 @@ def _train_one_epoch(
         n_window += 1
         bar.update(cfg.batch_size)
         global_step = epoch * steps + step + 1
-        due = cfg.save_every_steps is not None and global_step % cfg.save_every_steps == 0
-        stopping = stop.agreed(device)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps or stopping or due:
-            read_back(step + 1)  # a non-finite loss stops the run here, before anything is written
         if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            read_back(step + 1)  # a non-finite loss stops the run here, before anything is written
             now = time.perf_counter()
             avg = dist_utils.all_reduce_mean({k: v / n_window for k, v in window.items()}, device)
             record = {
@@ -381,7 +378,10 @@ def _train_one_epoch(
             }
             logger.write(record, global_step)
             window, n_window, t_window = {}, 0, now
+        stopping = stop.agreed(device)
+        due = cfg.save_every_steps is not None and global_step % cfg.save_every_steps == 0
         if step + 1 < steps and (stopping or due):
+            read_back(step + 1)  # the checkpoint's sums need every step so far
             # Under DDP the saved sums are the ranks' mean (the logged epoch mean is the same maths).
             now = time.perf_counter()
             state = {
