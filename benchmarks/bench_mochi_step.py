@@ -1,11 +1,14 @@
 """Time MoCo-v2 and MoCHi training steps side by side (same model, batch, K) and write JSON.
 
-Also times the mixing function alone against a straightforward per-query loop, to show the
-vectorisation. Steps are interleaved (MoCo, MoCHi, MoCo, ...) so that drift in machine speed affects
-both equally; the figure reported is the median step time.
+Also times the mixing function alone against a loop written the way third-party implementations write it
+(per query: its top-N; per synthetic point: pair sampling, mixing, normalisation), and profiles one step of
+each (torch.profiler) to say which operators the extra time of MoCHi goes to. Steps are interleaved (MoCo,
+MoCHi, MoCo, ...) so that drift in machine speed affects both equally; min and median are reported, wall
+time and process CPU time.
 
-    python benchmarks/bench_mochi_step.py                 # small CPU config (always)
-    python benchmarks/bench_mochi_step.py --preset gpu    # R50, batch 256, K 65536, MoCHi (1024, 1024, 256)
+    python benchmarks/bench_mochi_step.py                  # small CPU config: R18, 32 px, batch 64, K 4096
+    python benchmarks/bench_mochi_step.py --preset paper   # R18, 96 px, K 16384, (1024, 1024, 256)
+    python benchmarks/bench_mochi_step.py --preset gpu     # R50, batch 256, K 65536, MoCHi (1024, 1024, 256)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -22,31 +26,37 @@ import torch
 import torch.nn.functional as F
 
 from mochi.io import atomic_write_json
-from mochi.pretrain.losses import mix_hard_negatives
+from mochi.pretrain.losses import contrastive_loss, mix_hard_negatives, mochi_logits, moco_logits
 from mochi.pretrain.moco import MochiParams, MoCo
 
 PRESETS = {
     "cpu": dict(arch="resnet18", batch=64, image_size=32, queue_size=4096, mochi=(256, 256, 64), steps=10),
+    # N, s, s' against K as in the paper's ImageNet runs (1024 of 16384), on an image size a CPU can step.
+    "paper": dict(
+        arch="resnet18", batch=32, image_size=96, queue_size=16384, mochi=(1024, 1024, 256), steps=8
+    ),
     "gpu": dict(
         arch="resnet50", batch=256, image_size=224, queue_size=65536, mochi=(1024, 1024, 256), steps=30
     ),
 }
 
 
-def mix_per_query_loop(q, queue, n_hard, s, s_prime, generator=None):
-    """The straightforward version: one Python iteration per query (reference for timing only)."""
+def mix_per_point_loop(q, queue, n_hard, s, s_prime, generator=None):
+    """The loop as third-party code writes it (reference for timing only): per query its top-N, then per
+    synthetic point one pair draw, one mix and one normalisation."""
     out = []
     for b in range(q.shape[0]):
-        idx = (queue @ q[b]).topk(n_hard).indices
-        hard = queue[idx]
-        i = torch.randint(0, n_hard, (s,), device=q.device, generator=generator)
-        j = torch.randint(0, n_hard, (s,), device=q.device, generator=generator)
-        a = torch.rand(s, 1, device=q.device, generator=generator)
-        h1 = F.normalize(a * hard[i] + (1 - a) * hard[j], dim=1)
-        j2 = torch.randint(0, n_hard, (s_prime,), device=q.device, generator=generator)
-        beta = 0.5 * torch.rand(s_prime, 1, device=q.device, generator=generator)
-        h2 = F.normalize(beta * q[b] + (1 - beta) * hard[j2], dim=1)
-        out.append(torch.cat([h1, h2]))
+        hard = queue[(queue @ q[b]).topk(n_hard).indices]
+        points = []
+        for _ in range(s):
+            i, j = torch.randint(0, n_hard, (2,), device=q.device, generator=generator).tolist()
+            a = torch.rand((), device=q.device, generator=generator)
+            points.append(F.normalize(a * hard[i] + (1 - a) * hard[j], dim=0))
+        for _ in range(s_prime):
+            j = int(torch.randint(0, n_hard, (), device=q.device, generator=generator))
+            beta = 0.5 * torch.rand((), device=q.device, generator=generator)
+            points.append(F.normalize(beta * q[b] + (1 - beta) * hard[j], dim=0))
+        out.append(torch.stack(points))
     return torch.stack(out)
 
 
@@ -56,14 +66,25 @@ def _sync(device):
 
 
 def time_call(fn, device, repeats):
+    """Wall and process CPU seconds of ``repeats`` calls: [(wall, cpu), ...]."""
     times = []
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
+
+
+def summary(times) -> dict:
+    wall, cpu = [t[0] for t in times], [t[1] for t in times]
+    return {
+        "wall_min_s": min(wall),
+        "wall_median_s": statistics.median(wall),
+        "cpu_min_s": min(cpu),
+        "cpu_median_s": statistics.median(cpu),
+    }
 
 
 def machine(device) -> dict:
@@ -73,6 +94,7 @@ def machine(device) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": str(device),
+        "load_average_1m_at_start": os.getloadavg()[0],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -84,7 +106,8 @@ def machine(device) -> dict:
     return info
 
 
-def bench_steps(p, device, dtype):
+def build_step(p, device, dtype):
+    """Two identical models (MoCo, MoCHi) and a function running one training step of either."""
     n, s, sp = p["mochi"]
     torch.manual_seed(0)
     kw = dict(arch=p["arch"], queue_size=p["queue_size"], bn_splits=1)
@@ -105,21 +128,69 @@ def bench_steps(p, device, dtype):
         out["loss"].backward()
         opts[name].step()
 
-    for name in models:  # warm-up (cudnn autotune, allocator)
+    return step
+
+
+def bench_steps(step, p, device):
+    for name in ("moco", "mochi"):  # warm-up (cudnn autotune, allocator)
         for _ in range(3):
             step(name)
     times = {"moco": [], "mochi": []}
     for _ in range(p["steps"]):
-        for name in models:
+        for name in times:
             times[name] += time_call(lambda name=name: step(name), device, 1)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    stats = {k: summary(v) for k, v in times.items()}
+    ratio = {
+        f"mochi_over_moco_{key.removesuffix('_s')}": stats["mochi"][key] / stats["moco"][key]
+        for key in ("wall_min_s", "wall_median_s", "cpu_median_s")
+    }
     return {
-        "moco_step_s": med["moco"],
-        "mochi_step_s": med["mochi"],
-        "mochi_over_moco": med["mochi"] / med["moco"],
-        "overhead_percent": 100 * (med["mochi"] / med["moco"] - 1),
-        "images_per_s": {k: p["batch"] / v for k, v in med.items()},
+        **stats,
+        **ratio,
+        "overhead_percent_wall_median": 100 * (ratio["mochi_over_moco_wall_median"] - 1),
+        "images_per_s": {k: p["batch"] / v["wall_median_s"] for k, v in stats.items()},
         "steps_timed": p["steps"],
+    }
+
+
+def bench_heads(p, device, repeats: int = 20, top: int = 8) -> dict:
+    """Where MoCHi's extra time goes: the contrastive head alone (logits, mixing, loss, backward to q) of
+    MoCo and of MoCHi, timed interleaved, and the MoCHi head's operators by self time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, s, sp = p["mochi"]
+    g = torch.Generator(device=device).manual_seed(0)
+    b, t = p["batch"], 0.2
+    q0 = F.normalize(torch.randn(b, 128, device=device, generator=g), dim=1)
+    k = F.normalize(torch.randn(b, 128, device=device, generator=g), dim=1)
+    queue = F.normalize(torch.randn(p["queue_size"], 128, device=device, generator=g), dim=1)
+
+    def head(mix: bool):
+        q = q0.clone().requires_grad_(True)
+        if mix:  # as MoCo.forward does it: one q·queue for the logits and the top-N
+            l_neg = q @ queue.T
+            m = mix_hard_negatives(q, queue, n, s, sp, g, sim=l_neg)
+            logits = mochi_logits(q, k, queue, m.synthetic, t, l_neg=l_neg)
+        else:
+            logits = moco_logits(q, k, queue, t)
+        contrastive_loss(logits).backward()
+
+    times = {"moco": [], "mochi": []}
+    for _ in range(repeats):
+        for name in times:
+            times[name] += time_call(lambda name=name: head(name == "mochi"), device, 1)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(5):
+            head(True)
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(((e.key, getattr(e, attr)) for e in prof.key_averages()), key=lambda kv: -kv[1])
+    total = sum(v for _, v in ops)
+    return {
+        "moco_head": summary(times["moco"]),
+        "mochi_head": summary(times["mochi"]),
+        "mochi_head_self_time_share": {key: v / total for key, v in ops[:top]},
     }
 
 
@@ -128,9 +199,21 @@ def bench_mixing(p, device):
     g = torch.Generator(device=device).manual_seed(0)
     q = F.normalize(torch.randn(p["batch"], 128, device=device, generator=g), dim=1)
     queue = F.normalize(torch.randn(p["queue_size"], 128, device=device, generator=g), dim=1)
-    vec = statistics.median(time_call(lambda: mix_hard_negatives(q, queue, n, s, sp, g), device, 10))
-    loop = statistics.median(time_call(lambda: mix_per_query_loop(q, queue, n, s, sp, g), device, 3))
-    return {"vectorised_s": vec, "per_query_loop_s": loop, "speedup": loop / vec}
+    # The loop runs on the first `lq` queries only (a GPU batch would take minutes) and is scaled per query.
+    lq = min(p["batch"], 64)
+    vec, loop = [], []
+    for _ in range(3):  # interleaved: three loop calls, ten vectorised calls beside each
+        loop += time_call(lambda: mix_per_point_loop(q[:lq], queue, n, s, sp, g), device, 1)
+        vec += time_call(lambda: mix_hard_negatives(q, queue, n, s, sp, g), device, 10)
+    v, lo = summary(vec), summary(loop)
+    scale = p["batch"] / lq
+    return {
+        "vectorised": v,
+        "per_point_loop": lo,
+        "loop_queries": lq,
+        "speedup_wall_median": scale * lo["wall_median_s"] / v["wall_median_s"],
+        "speedup_wall_min": scale * lo["wall_min_s"] / v["wall_min_s"],
+    }
 
 
 def main() -> None:
@@ -138,10 +221,15 @@ def main() -> None:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per method")
     ap.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads [torch's default; 1 on shared cores]"
+    )
+    ap.add_argument(
         "--out", type=Path, default=None, help="JSON path [benchmarks/results/mochi_step_<preset>.json]"
     )
     a = ap.parse_args()
     p = dict(PRESETS[a.preset])
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.steps:
         p["steps"] = a.steps
     device = torch.device("cuda" if a.preset == "gpu" and torch.cuda.is_available() else "cpu")
@@ -150,13 +238,23 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    step = build_step(p, device, dtype)
     result = {
         "benchmark": "mochi_step",
         "preset": a.preset,
         "config": {**p, "mochi": list(p["mochi"]), "amp": str(dtype) if dtype else "fp32", "dim": 128},
         "machine": machine(device),
-        "steps": bench_steps(p, device, dtype),
+        "steps": bench_steps(step, p, device),
+        "heads": bench_heads(p, device),
         "mixing_function": bench_mixing(p, device),
+    }
+    # The head difference is MoCHi's whole extra work; against a MoCo step it is a low-noise overhead figure.
+    extra = {
+        key: result["heads"]["mochi_head"][key] - result["heads"]["moco_head"][key]
+        for key in ("cpu_median_s", "wall_median_s")
+    }
+    result["extra_head_time_over_moco_step"] = {
+        key: extra[key] / result["steps"]["moco"][key] for key in extra
     }
     out = a.out or Path(__file__).parent / "results" / f"mochi_step_{a.preset}.json"
     atomic_write_json(out, result)

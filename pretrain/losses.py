@@ -60,10 +60,13 @@ def mix_hard_negatives(
     s: int,
     s_prime: int,
     generator: torch.Generator | None = None,
+    sim: torch.Tensor | None = None,
 ) -> Mixing:
     """MoCHi: synthesise hard negatives for every query from its own N hardest queue negatives.
 
-    q: (B, D) unit rows. queue: (K, D) unit rows. Fully vectorised over queries and points.
+    q: (B, D) unit rows. queue: (K, D) unit rows. sim: (B, K) ``q @ queue.T`` when the caller has it
+    already (MoCo's negative logits before the division by the temperature), so the top-N costs no second
+    matmul; computed here otherwise. Fully vectorised over queries and points.
 
     For query b, ``hard_idx[b]`` are the N queue rows with the largest ``q_b·n``. Type 1 mixes two
     distinct members of that set (when N >= 2) with ``alpha ~ U(0, 1)``; type 2 mixes the query itself
@@ -71,6 +74,10 @@ def mix_hard_negatives(
     Every point is L2-normalised. All inputs are detached: no gradient reaches the queue or the
     synthetic points (docs/protocols.md#mochi-hard-negative-mixing, step 5). ``s`` may exceed N;
     ``s = 0`` and ``s_prime = 0`` are valid.
+
+    Only the ``s + s_prime`` rows each query mixes are gathered from the queue (never the (B, N, D) hard
+    set), straight into the output, and the arithmetic runs in place; the values and the order of the
+    random draws are those of the direct formulas (``tests/test_losses.py`` checks bit-equality).
     """
     if q.dim() != 2 or queue.dim() != 2 or q.shape[1] != queue.shape[1]:
         raise ValueError(f"expected q (B, D) and queue (K, D), got {tuple(q.shape)} and {tuple(queue.shape)}")
@@ -79,14 +86,16 @@ def mix_hard_negatives(
         raise ValueError(f"n_hard must be in [1, K={n_queue}], got {n_hard}")
     if s < 0 or s_prime < 0:
         raise ValueError(f"s and s_prime must be >= 0, got {s} and {s_prime}")
+    if sim is not None and sim.shape != (q.shape[0], n_queue):
+        raise ValueError(f"expected sim (B, K) = {(q.shape[0], n_queue)}, got {tuple(sim.shape)}")
 
     with torch.no_grad():
         q = q.detach()
         queue = queue.detach()
         b, d = q.shape
         dev = q.device
-        hard_sim, hard_idx = (q @ queue.T).topk(n_hard, dim=1)  # (B, N), hardest first
-        hard = queue[hard_idx]  # (B, N, D): each query's own hard set
+        sim = q @ queue.T if sim is None else sim.detach()
+        hard_sim, hard_idx = sim.topk(n_hard, dim=1)  # (B, N), hardest first
 
         # Type 1: i uniform in [0, N); j = i + U{1..N-1} mod N so i != j whenever N >= 2.
         pair_i = torch.randint(0, n_hard, (b, s), device=dev, generator=generator)
@@ -96,31 +105,50 @@ def mix_hard_negatives(
         else:
             pair_j = pair_i.clone()
         alpha = torch.rand((b, s), device=dev, generator=generator, dtype=q.dtype)
-        n_i = torch.gather(hard, 1, pair_i.unsqueeze(-1).expand(b, s, d))
-        n_j = torch.gather(hard, 1, pair_j.unsqueeze(-1).expand(b, s, d))
-        h1 = F.normalize(alpha.unsqueeze(-1) * n_i + (1 - alpha.unsqueeze(-1)) * n_j, dim=-1)
-
         # Type 2: the query mixed into one hard negative, beta ~ U(0, 0.5).
         neg_j = torch.randint(0, n_hard, (b, s_prime), device=dev, generator=generator)
         beta = 0.5 * torch.rand((b, s_prime), device=dev, generator=generator, dtype=q.dtype)
-        n_j2 = torch.gather(hard, 1, neg_j.unsqueeze(-1).expand(b, s_prime, d))
-        h2 = F.normalize(beta.unsqueeze(-1) * q.unsqueeze(1) + (1 - beta.unsqueeze(-1)) * n_j2, dim=-1)
 
-        synthetic = torch.cat([h1, h2], dim=1)
+        def rows(pos: torch.Tensor) -> torch.Tensor:
+            """(B, P) positions in each hard set -> (B, P, D) queue rows (index_select: a third of the
+            time of ``queue[idx]`` advanced indexing on CPU)."""
+            flat = hard_idx.gather(1, pos).reshape(-1)
+            return queue.index_select(0, flat).view(*pos.shape, d)
+
+        synthetic = torch.empty((b, s + s_prime, d), device=dev, dtype=q.dtype)
+        h1, h2 = synthetic[:, :s], synthetic[:, s:]
+        a = alpha.unsqueeze(-1)
+        torch.mul(a, rows(pair_i), out=h1)  # alpha·n_i
+        h1.add_(rows(pair_j).mul_(1 - a))  # + (1 - alpha)·n_j
+        bt = beta.unsqueeze(-1)
+        torch.mul(bt, q.unsqueeze(1), out=h2)  # beta·q
+        h2.add_(rows(neg_j).mul_(1 - bt))  # + (1 - beta)·n_j
+        # F.normalize's formula, in place over both types at once.
+        synthetic.div_(synthetic.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
     return Mixing(synthetic, hard_idx, pair_i, pair_j, alpha, neg_j, beta, hard_sim)
 
 
 def mochi_logits(
-    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, synthetic: torch.Tensor, temperature: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    synthetic: torch.Tensor,
+    temperature: float,
+    l_neg: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MoCHi logits ``[q·k | q·queue | q·synthetic] / temperature``.
 
     q, k: (B, D) unit rows; queue: (K, D); synthetic: (B, S, D) unit rows, each query's own points.
+    l_neg: (B, K) ``q @ queue.T`` when the caller has it already (the same tensor ``mix_hard_negatives``
+    took its top-N from), so the B×K matmul runs once per step.
     Returns (B, 1 + K + S); gradient flows only through the ``q`` of each dot product.
     """
-    base = moco_logits(q, k, queue, temperature)
-    l_syn = torch.einsum("bd,bsd->bs", q, synthetic.detach()) / temperature
-    return torch.cat([base, l_syn], dim=1)
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    if l_neg is None:
+        l_neg = q @ queue.T
+    l_syn = torch.einsum("bd,bsd->bs", q, synthetic.detach())
+    # One concatenation and one division over all 1 + K + S columns.
+    return torch.cat([l_pos, l_neg, l_syn], dim=1) / temperature
 
 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:

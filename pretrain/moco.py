@@ -145,10 +145,11 @@ class MoCo(nn.Module):
         # The contrastive part runs in fp32 even under AMP: logits / τ need more than bf16's 8 bits.
         with torch.autocast(q.device.type, enabled=False):
             if mix and self.mochi is not None:
+                l_neg = q @ queue.T  # shared: MoCo's negative logits and the top-N of the hard set
                 m = mix_hard_negatives(
-                    q, queue, self.mochi.n_hard, self.mochi.s, self.mochi.s_prime, generator
+                    q, queue, self.mochi.n_hard, self.mochi.s, self.mochi.s_prime, generator, sim=l_neg
                 )
-                logits = mochi_logits(q, k, queue, m.synthetic, self.temperature)
+                logits = mochi_logits(q, k, queue, m.synthetic, self.temperature, l_neg=l_neg)
                 stats["hard_sim"] = m.hard_sim.mean()
                 n_syn = m.synthetic.shape[1]
                 syn = logits[:, logits.shape[1] - n_syn :].detach() * self.temperature

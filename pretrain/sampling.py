@@ -64,13 +64,17 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        torch_state, python_state = torch.get_rng_state(), random.getstate()
+        # Only the CPU generator (the augmentation draws from nothing else): torch.manual_seed also visits
+        # every accelerator backend, which made a 32 px pair of views ~20% slower to load (5.0-5.6 ms per
+        # image vs 4.1-4.6 ms).
+        cpu = torch.default_generator
+        torch_state, python_state = cpu.get_state(), random.getstate()
         try:
-            torch.manual_seed(derive_seed(self.seed, self.epoch, index, _SAMPLE))
+            cpu.manual_seed(derive_seed(self.seed, self.epoch, index, _SAMPLE))
             random.seed(derive_seed(self.seed, self.epoch, index, _PYTHON))
             return self.dataset[index]
         finally:
-            torch.set_rng_state(torch_state)
+            cpu.set_state(torch_state)
             random.setstate(python_state)
 
     def __getattr__(self, name: str) -> Any:  # identity(), corrupt_count()... of the wrapped dataset

@@ -324,6 +324,27 @@ def _train_one_epoch(
         mininterval=1.0,
         dynamic_ncols=True,
     )
+    # Each step's statistics stay on the device and are read back in one transfer per logging step (or
+    # before a checkpoint), not one host sync per value per step; the sums add them in step order as before.
+    pending: list[torch.Tensor] = []
+    names: list[str] = []
+
+    def read_back(last_step: int) -> None:
+        rows = torch.stack(pending).tolist() if pending else []
+        pending.clear()
+        for i, row in enumerate(rows):
+            values = dict(zip(names, row, strict=True))
+            if not math.isfinite(values["loss"]):
+                at = last_step - len(rows) + i + 1
+                raise MochiError(
+                    f"loss became {values['loss']} at epoch {epoch + 1}, step {at}; "
+                    "lower --lr or check the data"
+                )
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+                window[k] = window.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.3f}", refresh=False)
+
     for step, ((im_q, im_k), _) in enumerate(loader, start=first_step):
         seed_step(cfg.seed, epoch, step, dist_utils.rank(), generator)
         im_q = im_q.to(device, non_blocking=True, memory_format=fmt)
@@ -331,25 +352,18 @@ def _train_one_epoch(
         with autocast:
             out = model(im_q, im_k, mix, generator)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise MochiError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                "lower --lr or check the data"
-            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
 
-        values = {k: float(v.detach()) for k, v in out.items()}
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-            window[k] = window.get(k, 0.0) + v
+        names = ["loss", *(k for k in out if k != "loss")]
+        pending.append(torch.stack([out[k].detach().float() for k in names]))
         n_window += 1
         bar.update(cfg.batch_size)
-        bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.3f}", refresh=False)
         global_step = epoch * steps + step + 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            read_back(step + 1)  # a non-finite loss stops the run here, before anything is written
             now = time.perf_counter()
             avg = dist_utils.all_reduce_mean({k: v / n_window for k, v in window.items()}, device)
             record = {
@@ -367,6 +381,7 @@ def _train_one_epoch(
         stopping = stop.agreed(device)
         due = cfg.save_every_steps is not None and global_step % cfg.save_every_steps == 0
         if step + 1 < steps and (stopping or due):
+            read_back(step + 1)  # the checkpoint's sums need every step so far
             # Under DDP the saved sums are the ranks' mean (the logged epoch mean is the same maths).
             now = time.perf_counter()
             state = {

@@ -127,3 +127,66 @@ def test_gradient_flows_only_through_the_q_of_the_dot_product():
     )
     g2 = torch.autograd.grad(contrastive_loss(logits), q2)[0]
     torch.testing.assert_close(g1, g2)
+
+
+def reference_mix(q, queue, n_hard, s, s_prime, generator):
+    """The direct formulation, kept as the reference: materialise each query's (N, D) hard set, gather
+    from it with expanded indices, mix out of place. Same random draws in the same order."""
+    b, d = q.shape
+    sim, idx = (q @ queue.T).topk(n_hard, dim=1)
+    hard = queue[idx]
+    pair_i = torch.randint(0, n_hard, (b, s), generator=generator)
+    if n_hard >= 2:
+        pair_j = (pair_i + torch.randint(1, n_hard, (b, s), generator=generator)) % n_hard
+    else:
+        pair_j = pair_i.clone()
+    alpha = torch.rand((b, s), generator=generator, dtype=q.dtype)
+    n_i = torch.gather(hard, 1, pair_i.unsqueeze(-1).expand(b, s, d))
+    n_j = torch.gather(hard, 1, pair_j.unsqueeze(-1).expand(b, s, d))
+    h1 = F.normalize(alpha.unsqueeze(-1) * n_i + (1 - alpha.unsqueeze(-1)) * n_j, dim=-1)
+    neg_j = torch.randint(0, n_hard, (b, s_prime), generator=generator)
+    beta = 0.5 * torch.rand((b, s_prime), generator=generator, dtype=q.dtype)
+    n_j2 = torch.gather(hard, 1, neg_j.unsqueeze(-1).expand(b, s_prime, d))
+    h2 = F.normalize(beta.unsqueeze(-1) * q.unsqueeze(1) + (1 - beta.unsqueeze(-1)) * n_j2, dim=-1)
+    return torch.cat([h1, h2], dim=1), idx, pair_i, pair_j, alpha, neg_j, beta, sim
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("b", "d", "k", "n", "s", "sp"),
+    [
+        (8, 32, 256, 16, 16, 4),
+        (5, 128, 512, 64, 64, 16),
+        (3, 8, 10, 2, 9, 0),
+        (4, 8, 10, 1, 3, 2),
+        (4, 8, 20, 4, 0, 0),
+    ],
+)
+def test_mixing_is_bit_identical_to_the_direct_formulation(dtype, b, d, k, n, s, sp):
+    # The fast path gathers only the mixed rows and works in place; for a fixed generator it must
+    # reproduce the direct formulation exactly, with and without the caller's q·queue.
+    q, queue = unit(b, d, seed=20).to(dtype), unit(k, d, seed=21).to(dtype)
+    expected = reference_mix(q, queue, n, s, sp, torch.Generator().manual_seed(7))
+    for sim in (None, q @ queue.T):
+        m = mix_hard_negatives(q, queue, n, s, sp, torch.Generator().manual_seed(7), sim=sim)
+        got = (m.synthetic, m.hard_idx, m.pair_i, m.pair_j, m.alpha, m.neg_j, m.beta, m.hard_sim)
+        for name, x, y in zip(
+            ("synthetic", "hard_idx", "i", "j", "alpha", "neg_j", "beta", "sim"), got, expected, strict=True
+        ):
+            assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
+def test_mochi_logits_with_shared_l_neg_are_bit_identical_to_separate_logits():
+    b, d, k, t = 6, 16, 40, 0.2
+    q, key, queue = unit(b, d, seed=22).float(), unit(b, d, seed=23).float(), unit(k, d, seed=24).float()
+    syn = mix_hard_negatives(q, queue, 8, 5, 3, torch.Generator().manual_seed(0)).synthetic
+    # the earlier formulation: MoCo's logits, then the synthetic columns divided separately
+    expected = torch.cat([moco_logits(q, key, queue, t), torch.einsum("bd,bsd->bs", q, syn) / t], dim=1)
+    assert torch.equal(mochi_logits(q, key, queue, syn, t), expected)
+    assert torch.equal(mochi_logits(q, key, queue, syn, t, l_neg=q @ queue.T), expected)
+
+
+def test_mixing_rejects_a_sim_of_the_wrong_shape():
+    q, queue = unit(3, 8, seed=25), unit(10, 8, seed=26)
+    with pytest.raises(ValueError, match=r"expected sim \(B, K\)"):
+        mix_hard_negatives(q, queue, 2, 1, 1, sim=torch.zeros(3, 9, dtype=q.dtype))

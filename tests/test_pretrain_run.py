@@ -152,6 +152,24 @@ def test_bad_options_give_clear_errors(tmp_path):
     assert not out.exists()  # nothing written
 
 
+def test_a_non_finite_loss_names_its_step_and_writes_no_checkpoint(tmp_path, monkeypatch):
+    # Step statistics are read back once per logging step; the error must still name the step it happened at.
+    import mochi.pretrain.moco as moco
+
+    calls = []
+
+    def loss_nan_at_third_step(logits):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(moco, "contrastive_loss", loss_nan_at_third_step)
+    out = tmp_path / "run"
+    res = run_cli([*TINY, "--epochs", "1", "--log-every", "4", "-o", str(out)])
+    assert res.exit_code == 1 and "loss became nan at epoch 1, step 3; lower --lr" in res.output
+    assert not list_checkpoints(out)
+
+
 def _folder(root: Path, n_per_class=8):
     ds = load_dataset("fashion-mnist-embedded", "test")
     for c in range(2):
