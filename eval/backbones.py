@@ -1,7 +1,9 @@
-"""The backbone an evaluation runs on: a checkpoint read through :mod:`mochi.transfer`, or random init.
+"""The backbone an evaluation runs on: a checkpoint read through :mod:`mochi.transfer`, random init, or the
+raw pixels themselves (the baseline any learned feature has to beat).
 
-Either way the result is an untouched torchvision ResNet plus two small dicts: ``evaluated`` (what goes
-into every result record) and ``identity`` (what keys the feature cache: content hash, encoder, arch, stem).
+The result is an untouched torchvision ResNet (or, for pixels, a flatten) plus two small dicts:
+``evaluated`` (what goes into every result record) and ``identity`` (what keys the feature cache: content
+hash, encoder, arch, stem).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from mochi.transfer import build_backbone, build_torchvision_resnet, load_backbo
 
 from .config import BackboneSpec
 
-__all__ = ["BackboneSpec", "EvalBackbone", "load_eval_backbone"]
+__all__ = ["BackboneSpec", "EvalBackbone", "Pixels", "load_eval_backbone"]
+
+
+class Pixels(nn.Module):
+    """The raw-pixel "backbone": ``(B, C, H, W) -> (B, C·H·W)``, the evaluation transform's output as is
+    (resized to the evaluation size and normalised, like every backbone's input). No parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
 
 
 @dataclass
@@ -34,10 +44,10 @@ class EvalBackbone:
     def arch(self) -> str:
         return self.evaluated["arch"]
 
-    feature_dim: int = 0  # D of the pooled features (fc's input width)
+    feature_dim: int = 0  # D of the pooled features (fc's input width); 0: known from the images only
 
     def __post_init__(self) -> None:
-        if isinstance(self.model.fc, nn.Linear):
+        if isinstance(getattr(self.model, "fc", None), nn.Linear):
             self.feature_dim = int(self.model.fc.in_features)
 
     def trunk(self) -> nn.Module:
@@ -45,6 +55,8 @@ class EvalBackbone:
 
         The returned module shares the model's layers (no copy) and leaves ``model`` untouched.
         """
+        if isinstance(self.model, Pixels):
+            return self.model
         layers = [m for name, m in self.model.named_children() if name != "fc"]
         return nn.Sequential(*layers, nn.Flatten(1))
 
@@ -54,10 +66,23 @@ def _label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
+def _pretraining_config(path: Path) -> dict[str, Any] | None:
+    """The config a mochi pretraining checkpoint was trained with (``mochi.config``), or None for files of
+    other origins. Memory-mapped: the tensors are not read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # other formats and pickles: no pretraining config to report, not an error here
+        return None
+    meta = ckpt.get("mochi") if isinstance(ckpt, dict) else None
+    config = meta.get("config") if isinstance(meta, dict) else None
+    return dict(config) if isinstance(config, dict) else None
+
+
 def load_eval_backbone(
     checkpoint: str | os.PathLike | None = None,
     *,
     random_init: bool = False,
+    pixels: bool = False,
     arch: str | None = None,
     small_stem: bool = False,
     seed: int = 0,
@@ -67,9 +92,16 @@ def load_eval_backbone(
     trust_checkpoint: bool = False,
 ) -> EvalBackbone:
     """Load ``checkpoint`` (any format :func:`mochi.transfer.load_backbone` reads), or build a random-init
-    ``arch`` (``small_stem`` picks the stem; torch seeded with ``seed``) as a baseline."""
-    if random_init == (checkpoint is not None):
-        raise MochiError("pass a checkpoint path or --random-init (with --arch), exactly one of them")
+    ``arch`` (``small_stem`` picks the stem; torch seeded with ``seed``) as a baseline, or with ``pixels``
+    the raw-pixel baseline (:class:`Pixels`)."""
+    if sum((random_init, pixels, checkpoint is not None)) != 1:
+        raise MochiError(
+            "pass a checkpoint path, --random-init (with --arch) or --pixels: exactly one of them"
+        )
+    if pixels:
+        evaluated = {"checkpoint": None, "random_init": False, "pixels": True, "label": "raw pixels"}
+        evaluated.update(arch="pixels", stem=None)
+        return EvalBackbone(Pixels(), evaluated, {"pixels": True})
     if random_init:
         if arch is None:
             raise ConfigError("arch", "is needed with `random_init` to know what to build (e.g. resnet18)")
@@ -108,6 +140,9 @@ def load_eval_backbone(
         "encoder": report.encoder,
         "random_init": False,
     }
+    pretraining = _pretraining_config(path)
+    if pretraining is not None:  # lets tables group the seeds of one pretraining recipe (rows="method")
+        evaluated["pretraining"] = pretraining
     identity = {"sha256": report.sha256, "encoder": report.encoder, "prefix": report.prefix}
     identity.update(arch=report.arch, stem=report.stem)
     return EvalBackbone(model, evaluated, identity)

@@ -30,7 +30,8 @@ MIN_IMAGE_SIZE = 2
 class BackboneSpec:
     """Which backbone to evaluate: a checkpoint (any format :mod:`mochi.transfer` reads) or random init.
 
-    ``checkpoint`` xor ``random_init``; ``arch`` names what to build for random init (with a checkpoint it
+    ``checkpoint`` xor ``random_init`` xor ``pixels`` (the raw-pixel baseline: the evaluation transform's
+    output flattened, no network); ``arch`` names what to build for random init (with a checkpoint it
     asserts the inferred architecture); ``small_stem`` / ``init_seed`` apply to random init; ``encoder`` /
     ``prefix`` pick the network inside a multi-encoder checkpoint; ``stem`` a 3×3 conv1's stem;
     ``trust_checkpoint`` allows arbitrary unpickling (trusted files only).
@@ -38,6 +39,7 @@ class BackboneSpec:
 
     checkpoint: str | None = None
     random_init: bool = False
+    pixels: bool = False
     arch: str | None = None
     small_stem: bool = False
     init_seed: int = 0
@@ -50,8 +52,9 @@ class BackboneSpec:
         from .backbones import load_eval_backbone
 
         return load_eval_backbone(
-            self.checkpoint, random_init=self.random_init, arch=self.arch, small_stem=self.small_stem,
-            seed=self.init_seed, encoder=self.encoder, prefix=self.prefix, stem=self.stem,
+            self.checkpoint, random_init=self.random_init, pixels=self.pixels, arch=self.arch,
+            small_stem=self.small_stem, seed=self.init_seed, encoder=self.encoder, prefix=self.prefix,
+            stem=self.stem,
             trust_checkpoint=self.trust_checkpoint,
         )  # fmt: skip
 

@@ -151,6 +151,11 @@ def evaluate_linear(
     if protocol == "moco" and dist_utils.launched_by_torchrun():
         raise MochiError("the moco linear protocol runs in one process: start it without torchrun")
     backbone = _backbone(backbone)
+    if protocol == "moco" and backbone.evaluated.get("pixels"):
+        raise MochiError(
+            "the moco linear protocol trains a ResNet's fc on augmented images; raw pixels have none: "
+            "use --protocol lbfgs or sgd-grid with --pixels"
+        )
     start = time.perf_counter()
     with linear_lib.torch_seeded(seed):
         if protocol == "moco":

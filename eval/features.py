@@ -319,6 +319,8 @@ def get_features(
     n, dim = len(dataset), backbone.feature_dim
     if n == 0:
         raise MochiError(f"dataset {identity.get('name')} split {identity.get('split')} holds no images")
+    if dim == 0:  # raw pixels: the width is the transformed image's size
+        dim = int(dataset[0][0].numel())
 
     def fill(feats: np.ndarray, labels: np.ndarray) -> None:
         extract_features(

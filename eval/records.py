@@ -136,7 +136,42 @@ def backbone_identity(record: dict[str, Any]) -> dict[str, Any]:
     ev = record.get("evaluated", {})
     if ev.get("random_init"):
         return {"random_init": True, "arch": ev.get("arch"), "stem": ev.get("stem")}
+    if ev.get("pixels"):
+        return {"pixels": True}
     return {k: ev.get(k) for k in ("sha256", "encoder", "prefix", "arch", "stem")}
+
+
+# Pretraining config fields that say where or how a run was executed, not what it learned with: two runs
+# differing only here (and in ``seed``) are seeds of one method.
+RUN_ONLY_KEYS = frozenset({
+    "seed", "output", "resume", "stop_after", "workers", "device", "amp", "channels_last", "log_every",
+    "save_every", "save_every_steps", "keep_last", "data_root", "skip_corrupt", "config", "quiet",
+})  # fmt: skip
+
+
+def method_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining recipe behind a record's backbone: its checkpoint's pretraining config without
+    :data:`RUN_ONLY_KEYS` (so without the seed), with the encoder. Backbones without a pretraining config
+    (baselines, foreign checkpoints) are their own method: :func:`backbone_identity`."""
+    ev = record.get("evaluated", {})
+    config = ev.get("pretraining")
+    if not isinstance(config, dict):
+        return backbone_identity(record)
+    recipe = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+    return {"pretraining": recipe, "encoder": ev.get("encoder"), "arch": ev.get("arch")}
+
+
+def method_label(record: dict[str, Any]) -> str | None:
+    """``MoCo-v2 resnet18, 20 ep`` or ``MoCHi (N, s, s') = (512, 512, 128) resnet18, 20 ep`` for a record
+    whose checkpoint carries its pretraining config; None otherwise."""
+    ev = record.get("evaluated", {})
+    c = ev.get("pretraining")
+    if not isinstance(c, dict):
+        return None
+    n, s, s_prime = (c.get(k, c.get(old, 0)) for k, old in (("n_hard", "mochi_n"), ("s", "mochi_s"),
+                                                             ("s_prime", "mochi_s_prime")))  # fmt: skip
+    name = f"MoCHi (N, s, s') = ({n}, {s}, {s_prime})" if n else "MoCo-v2"
+    return f"{name} {ev.get('arch')}, {c.get('epochs')} ep"
 
 
 def data_identity(record: dict[str, Any]) -> dict[str, Any]:
@@ -164,10 +199,15 @@ def setting_key(record: dict[str, Any]) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def seed_of(record: dict[str, Any]) -> tuple[Any, Any]:
-    """A record's seed within its setting: the evaluation seed, and a random-init backbone's init seed."""
+def seed_of(record: dict[str, Any], method: bool = False) -> tuple[Any, ...]:
+    """A record's seed within its setting: the evaluation seed, and a random-init backbone's init seed;
+    with ``method``, also the pretraining seed (the seeds of a :func:`method_identity` row)."""
     ev = record.get("evaluated", {})
-    return (record.get("seed"), ev.get("seed") if ev.get("random_init") else None)
+    seed = (record.get("seed"), ev.get("seed") if ev.get("random_init") else None)
+    if method:
+        config = ev.get("pretraining")
+        return (*seed, config.get("seed") if isinstance(config, dict) else None)
+    return seed
 
 
 def find_record(records: Iterable[dict[str, Any]], like: dict[str, Any]) -> dict[str, Any] | None:

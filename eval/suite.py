@@ -33,7 +33,8 @@ from .suites import Step, Suite, get_suite, suite_steps
 @dataclass
 class SuiteConfig:
     """What ``mochi suite`` runs. ``checkpoints``: files any :mod:`mochi.transfer` reader accepts;
-    ``baselines``: architectures evaluated at random init (init seed 0). ``seeds``: default the suite's.
+    ``baselines``: architectures evaluated at random init (init seed 0), or ``pixels`` (the raw pixels).
+    ``seeds``: default the suite's.
     ``options``: ``STEP.FIELD=VALUE`` overrides of a step's protocol config (``linear-sgd-grid.epochs=5``).
     """
 
@@ -196,6 +197,11 @@ def _check_backbones(cfg: SuiteConfig) -> tuple[list[BackboneSpec], list[dict[st
         identities.append({"sha256": report.sha256, "encoder": report.encoder, "prefix": report.prefix})
         labels.append(str(path))
     for arch in cfg.baselines:
+        if arch == "pixels":  # the raw-pixel baseline
+            specs.append(BackboneSpec(pixels=True))
+            identities.append({"pixels": True})
+            labels.append("raw pixels")
+            continue
         spec = BackboneSpec(random_init=True, arch=arch)
         from .config import check_backbone
 
@@ -220,6 +226,10 @@ def plan_suite(cfg: SuiteConfig) -> SuitePlan:
         _check_step(_step_config(step, options.get(step.name, {}), seeds[0]), step)
     if any(s.task == "detection" for s in steps) and cfg.baselines:
         raise ConfigError("baselines", "is not available for detection suites: they take checkpoints only")
+    if "pixels" in cfg.baselines and any(s.protocol == "moco" for s in steps):
+        raise ConfigError(
+            "baselines", "pixels: this suite's moco linear protocol needs a network; drop --baseline pixels"
+        )
     data = _eval_data(cfg, dataclasses.replace(suite, steps=steps))
     if data is not None:
         _check_data(data)

@@ -1,5 +1,6 @@
-"""Transfer tables rendered from result records: one row per evaluated backbone, one column per
-(dataset, protocol, hyper-parameter variant, metric); Markdown, CSV, LaTeX (booktabs) or JSON.
+"""Transfer tables rendered from result records: one row per evaluated backbone (or per pretraining
+method, its pretraining seeds averaged), one column per (dataset, protocol, hyper-parameter variant,
+metric); Markdown, CSV, LaTeX (booktabs) or JSON.
 
 Pure: records in, text out (no I/O except reading the published tables kept beside this module).
 
@@ -10,6 +11,10 @@ Pure: records in, text out (no I/O except reading the published tables kept besi
 - **Hyper-parameters never mix.** Records of one (dataset, task, protocol) whose settings differ (other
   hyper-parameters, another data subset...) become separate columns, labelled by what differs
   (``[T=0.1]``). The feature dimension follows from the backbone and is not a difference.
+- **Rows.** ``rows="backbone"``: one row per evaluated backbone. ``rows="method"``: checkpoints whose
+  pretraining configs differ only in the seed and run-only fields
+  (:func:`~mochi.eval.records.method_identity`) share a row, so a cell's n counts pretraining seeds times
+  evaluation seeds; baselines and foreign checkpoints stay one row each.
 - **kNN** columns are one (k, T) setting each: by default each record's headline setting (k=20, T=0.07),
   ``knn="all"`` for every setting. The k and T lists requested do not split columns.
 - **Detection**: the per-seed records; an aggregate record counts only when none of its seed records is
@@ -31,10 +36,11 @@ from typing import Any
 from mochi.errors import MochiError
 
 from .detection_metrics import METRICS as DETECTION_METRICS
-from .records import backbone_identity, seed_of, setting_key
+from .records import backbone_identity, method_identity, method_label, seed_of, setting_key
 
 PUBLISHED = Path(__file__).parent / "published"
 FORMATS = ("md", "csv", "latex", "json")
+ROWS = ("backbone", "method")
 CLASSIFICATION_METRICS = ("top1",)
 METRIC_LABELS = {
     "top1": "top-1", "top5": "top-5", "mean_per_class": "mean/class", "val_top1": "val top-1",
@@ -138,11 +144,19 @@ class _Measurement:
 _DEFAULT_METRICS = {"detection": list(DETECTION_METRICS), "analysis": list(ANALYSIS_METRICS)}
 
 
-def _measurements(records: Sequence[dict[str, Any]], knn: str, metrics: Sequence[str] | None):
+def _row_key(record: dict[str, Any], rows: str) -> str:
+    ident = method_identity(record) if rows == "method" else backbone_identity(record)
+    return json.dumps(ident, sort_keys=True)
+
+
+def _measurements(
+    records: Sequence[dict[str, Any]], knn: str, metrics: Sequence[str] | None, rows: str = "backbone"
+):
     ids = {r["id"] for r in records}
+    method = rows == "method"
     out = []
     for r in records:
-        row = json.dumps(backbone_identity(r), sort_keys=True)
+        row = _row_key(r, rows)
         task, protocol, ds = r["task"], r["protocol"], dataset_name(r)
         m = r.get("metrics", {})
         if task == "knn":
@@ -153,7 +167,7 @@ def _measurements(records: Sequence[dict[str, Any]], knn: str, metrics: Sequence
                 keep = metrics or CLASSIFICATION_METRICS
                 got = {k: [float(values[k])] for k in keep if isinstance(values.get(k), (int, float))}
                 setting = _setting_without_backbone({**r, "hyperparameters": {**hyper, "setting": name}})
-                out.append(_Measurement(row, (ds, task, protocol, name), setting, seed_of(r), got))
+                out.append(_Measurement(row, (ds, task, protocol, name), setting, seed_of(r, method), got))
         elif task == "detection-aggregate":
             if ids & set(r.get("seed_record_ids", [])):
                 continue  # its seeds are here: they are the cell
@@ -167,7 +181,9 @@ def _measurements(records: Sequence[dict[str, Any]], knn: str, metrics: Sequence
             # An analysis record measures one embedding (backbone features or projection head): its group.
             sub = str(r["hyperparameters"].get("embedding", "")) if task == "analysis" else ""
             out.append(
-                _Measurement(row, (ds, task, protocol, sub), _setting_without_backbone(r), seed_of(r), got)
+                _Measurement(
+                    row, (ds, task, protocol, sub), _setting_without_backbone(r), seed_of(r, method), got
+                )
             )
     return out
 
@@ -234,32 +250,50 @@ def _cell(values: Sequence[float]) -> Cell:
     return Cell(statistics.fmean(values), std, len(values), list(values))
 
 
-def _row_labels(records: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
-    """Backbone identity -> (label, sha256 prefix); labels shared by two backbones get told apart."""
+def _row_labels(
+    records: Sequence[dict[str, Any]], rows: str = "backbone"
+) -> dict[str, tuple[str, str | None]]:
+    """Row key -> (label, sha256 prefix); labels shared by two rows get told apart."""
     first: dict[str, dict[str, Any]] = {}
     for r in records:
-        first.setdefault(json.dumps(backbone_identity(r), sort_keys=True), r)
+        first.setdefault(_row_key(r, rows), r)
     out = {}
     for key, r in first.items():
         ev = r.get("evaluated", {})
         ckpt = ev.get("checkpoint")
         label = ev.get("label") or (Path(str(ckpt)).name if ckpt else f"random-init {ev.get('arch')}")
         sha = ev.get("sha256")
+        if rows == "method" and method_label(r):
+            label, sha = method_label(r), None  # several checkpoints: no one hash names the row
         out[key] = (label, sha[:SHA_PREFIX] if sha else None)
     counts: dict[str, int] = {}
     for label, _ in out.values():
         counts[label] = counts.get(label, 0) + 1
-    for key, (label, sha) in out.items():
+    original = dict(out)
+    for key, (label, sha) in original.items():
         if counts[label] > 1:
             ident = json.loads(key)
+            if "pretraining" in ident:  # tell recipes apart by what differs from the other rows' recipes
+                same = [json.loads(k) for k, (other, _) in original.items() if other == label and k != key]
+                ident = _recipe_differences(ident, same)
             tell = sha or ", ".join(f"{k} {v}" for k, v in ident.items() if k != "random_init" and v)
             out[key] = (f"{label} [{tell}]", sha)
     return out
 
 
+def _recipe_differences(ident: dict[str, Any], others: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    recipe = ident["pretraining"]
+    differ = {
+        k: v for k, v in recipe.items()
+        if any(isinstance(o.get("pretraining"), dict) and o["pretraining"].get(k) != v for o in others)
+    }  # fmt: skip
+    return differ or recipe
+
+
 def build_table(
     records: Iterable[dict[str, Any]],
     *,
+    rows: str = "backbone",
     knn: str = "headline",
     metrics: Sequence[str] | None = None,
     reference: str | None = None,
@@ -270,12 +304,15 @@ def build_table(
     ``knn``: ``"headline"`` (each record's headline k and T) or ``"all"``. ``metrics``: record metric
     names to show (default: top1 for classification, every box / mask AP for detection).
     ``reference``: the name of a published table (:func:`reference_names`) whose rows are added.
+    ``rows``: ``"backbone"`` or ``"method"`` (pretraining seeds of one recipe averaged in one row).
     """
+    if rows not in ROWS:
+        raise MochiError(f"unknown rows pivot {rows!r}: use one of {', '.join(ROWS)}")
     if knn not in ("headline", "all"):
         raise MochiError(f"unknown kNN choice {knn!r}: use 'headline' or 'all'")
     records = list(records)
     published = load_reference(reference) if reference else None
-    found = _measurements(records, knn, metrics)
+    found = _measurements(records, knn, metrics, rows)
     protocols: dict[str, set[str]] = {}
     for m in found:
         if m.family[1] == "detection":
@@ -312,15 +349,15 @@ def build_table(
                 order = (datasets.index(ds), TASK_ORDER.get(task, 9), protocol, knn_k, sub, i,
                          _metric_order(task, ds, metric))  # fmt: skip
                 columns[order] = column_of[(family, s, metric)] = column
-    labels = _row_labels(records)
-    rows: dict[str, Row] = {}
+    labels = _row_labels(records, rows)
+    table_rows: dict[str, Row] = {}
     for (row, family, s), seeds in cells.items():
-        rows.setdefault(row, Row(labels[row][0], labels[row][1], {}))
+        table_rows.setdefault(row, Row(labels[row][0], labels[row][1], {}))
         for metric in {k for v in seeds.values() for k in v}:
             values = [x for v in seeds.values() for x in v.get(metric, [])]
             if values:
-                rows[row].cells[column_of[(family, s, metric)].label] = _cell(values)
-    table = Table([columns[k] for k in sorted(columns)], list(rows.values()))
+                table_rows[row].cells[column_of[(family, s, metric)].label] = _cell(values)
+    table = Table([columns[k] for k in sorted(columns)], list(table_rows.values()))
     if published is not None:
         _add_published(table, published)
     return table

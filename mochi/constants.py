@@ -36,8 +36,9 @@ ARCHS: dict[str, ArchSpec] = {
     "resnext101_64x4d": ArchSpec(True, (3, 4, 23, 3), 64, 4),
 }
 
-# aug-plus: MoCo-v2's aug+; aug-plus-small: the same without blur, for <= 64 px images.
-AUGMENTATIONS = ("aug-plus", "aug-plus-small")
+# aug-plus: MoCo-v2's aug+; aug-plus-small: the same without blur, for <= 64 px images; grey-small: the
+# small variant without the colour steps that leave grey pixels unchanged (saturation, hue, grayscale).
+AUGMENTATIONS = ("aug-plus", "aug-plus-small", "grey-small")
 
 ENCODERS = ("query", "key", "teacher", "student")
 

@@ -1,7 +1,8 @@
 """Image transforms and their constants, shared by every stage (torchvision transforms only).
 
-- :func:`aug_plus` / :func:`build_augmentation`: MoCo-v2's pretraining augmentation and its no-blur
-  small-image variant; :class:`TwoCrops` applies one twice (query and key views).
+- :func:`aug_plus` / :func:`build_augmentation`: MoCo-v2's pretraining augmentation, its no-blur
+  small-image variant and a greyscale variant (:func:`grey_small`); :class:`TwoCrops` applies one twice
+  (query and key views).
 - :func:`eval_transform`: the deterministic resize + center-crop used for every frozen evaluation.
 """
 
@@ -37,15 +38,15 @@ class GaussianBlur:
         return f"GaussianBlur(sigma={self.sigma})"
 
 
-def aug_plus(image_size: int = 224, blur: bool = True) -> T.Compose:
+def aug_plus(image_size: int = 224, blur: bool = True, crop_min: float = 0.2) -> T.Compose:
     """MoCo-v2 "aug+" (docs/protocols.md#augmentation).
 
-    RandomResizedCrop(scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2,
-    Gaussian blur σ ~ U(0.1, 2.0) with p 0.5 (PIL's filter, as the reference), horizontal flip, ImageNet
-    normalisation. Every step before ``ToTensor`` works on the PIL image.
+    RandomResizedCrop(scale ``crop_min``–1, the reference's 0.2), ColorJitter(0.4, 0.4, 0.4, 0.1) with
+    p 0.8, grayscale p 0.2, Gaussian blur σ ~ U(0.1, 2.0) with p 0.5 (PIL's filter, as the reference),
+    horizontal flip, ImageNet normalisation. Every step before ``ToTensor`` works on the PIL image.
     """
     ops: list = [
-        T.RandomResizedCrop(image_size, scale=(0.2, 1.0)),
+        T.RandomResizedCrop(image_size, scale=(crop_min, 1.0)),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
     ]
@@ -55,13 +56,36 @@ def aug_plus(image_size: int = 224, blur: bool = True) -> T.Compose:
     return T.Compose(ops)
 
 
-def build_augmentation(name: str, image_size: int) -> T.Compose:
+def grey_small(image_size: int, crop_min: float = 0.2) -> T.Compose:
+    """aug+ for small greyscale images: RandomResizedCrop(scale ``crop_min``–1), brightness and contrast
+    jitter 0.4 with p 0.8, horizontal flip, ImageNet normalisation.
+
+    On a grey image (R = G = B) saturation jitter, hue jitter and random grayscale change nothing, so they
+    are left out; brightness and contrast are what colour jitter does to grey pixels. No blur (≤ 64 px).
+    """
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(crop_min, 1.0)),
+            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def build_augmentation(name: str, image_size: int, crop_min: float = 0.2) -> T.Compose:
     """``aug-plus``: the reference pipeline. ``aug-plus-small``: the same without blur, for ≤ 64 px
-    images (as in the reference CIFAR demo, where blur destroys most of the signal)."""
+    images (as in the reference CIFAR demo, where blur destroys most of the signal). ``grey-small``:
+    :func:`grey_small`. ``crop_min``: the smallest crop's share of the image area (reference 0.2)."""
+    if not 0 < crop_min <= 1:
+        raise MochiError(f"crop_min must be in (0, 1], got {crop_min}")
     if name == "aug-plus":
-        return aug_plus(image_size, blur=True)
+        return aug_plus(image_size, blur=True, crop_min=crop_min)
     if name == "aug-plus-small":
-        return aug_plus(image_size, blur=False)
+        return aug_plus(image_size, blur=False, crop_min=crop_min)
+    if name == "grey-small":
+        return grey_small(image_size, crop_min=crop_min)
     raise MochiError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
 

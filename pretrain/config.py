@@ -43,6 +43,7 @@ RESUME_MUST_MATCH = (
     "subset",
     "limit",
     "aug",
+    "crop_min",
     "image_size",
 )
 
@@ -81,6 +82,7 @@ class PretrainConfig:
     bn_splits: int | None = None  # None: 8 on a single device (split BN), 1 per rank under DDP (shuffle BN)
     # --- augmentation
     aug: str = "aug-plus"
+    crop_min: float = 0.2  # smallest RandomResizedCrop area share (aug+: 0.2)
     image_size: int = 224
     # --- optimisation (SGD, lr 0.03 per 256 images, momentum 0.9, wd 1e-4 on all params, cosine)
     epochs: int = 200
@@ -166,6 +168,8 @@ def validate(cfg: PretrainConfig, world: int) -> None:
             raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)}")
     if cfg.image_size < MIN_IMAGE_SIZE:
         raise ConfigError("image_size", f"must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
+    if not 0.0 < cfg.crop_min <= 1.0:
+        raise ConfigError("crop_min", f"must be in (0, 1], got {cfg.crop_min}")
     if not 0.0 <= cfg.momentum < 1.0:
         raise ConfigError("momentum", f"must be in [0, 1), got {cfg.momentum}")
     if cfg.temperature <= 0:

@@ -125,7 +125,7 @@ def build_pretrain_data(cfg: PretrainConfig, world: int, rank: int, device: torc
 
     Raises :class:`MochiError` for missing data or fewer images than one global batch.
     """
-    transform = TwoCrops(build_augmentation(cfg.aug, cfg.image_size))
+    transform = TwoCrops(build_augmentation(cfg.aug, cfg.image_size, cfg.crop_min))
     dataset = load_dataset(
         cfg.data,
         cfg.split,

@@ -138,6 +138,8 @@ def pretrain(args, tmp_path, tiny=True):
         (["--seed", "-1"], "--seed must be >= 0, got -1"),
         (["--image-size", "0"], "--image-size must be at least 2 pixels, got 0"),
         (["--image-size", "1"], "--image-size must be at least 2 pixels, got 1"),
+        (["--crop-min", "0"], "--crop-min must be in (0, 1], got 0.0"),
+        (["--crop-min", "1.5"], "--crop-min must be in (0, 1], got 1.5"),
         (["--mochi-n", "65"], "--mochi-n 65 exceeds the queue size K=64"),
         (["--mochi-s-prime", "4"], "--mochi-s-prime needs --mochi-n N > 0"),
         (["--moco-k", "100"], "--moco-k 100 is not a multiple of the global batch 32 (-b, summed over 1"),

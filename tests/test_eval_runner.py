@@ -142,3 +142,18 @@ def test_k_is_checked_against_the_training_set_before_extraction(tmp_path, caplo
         (record,) = evaluate_knn(spec, data, KnnConfig())  # the default list, trimmed with a notice
     assert record["hyperparameters"]["k"] == [10, 20]
     assert "using k = 10,20 of the default 10,20,100,200" in caplog.text
+
+
+def test_a_pretraining_checkpoint_record_carries_its_config(tmp_path):
+    # What `mochi table --rows method` groups by: the recipe the checkpoint was trained with.
+    import torchvision
+
+    from mochi.eval.backbones import load_eval_backbone
+
+    sd = {f"module.encoder_q.{k}": v for k, v in torchvision.models.resnet18().state_dict().items()}
+    config = {"arch": "resnet18", "epochs": 2, "n_hard": 8, "seed": 3, "output": "runs/x"}
+    ckpt = {"epoch": 2, "arch": "resnet18", "state_dict": sd, "mochi": {"config": config}}
+    torch.save(ckpt, tmp_path / "a.pth")
+    torch.save({"epoch": 2, "arch": "resnet18", "state_dict": sd}, tmp_path / "b.pth")
+    assert load_eval_backbone(tmp_path / "a.pth").evaluated["pretraining"] == config
+    assert "pretraining" not in load_eval_backbone(tmp_path / "b.pth").evaluated

@@ -48,6 +48,23 @@ def test_dry_run_prints_every_command_and_the_gpu_hours(tmp_path):
     assert not out.exists()  # a dry run writes nothing
 
 
+def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
+    done = _run("fashion-mnist", "-o", str(tmp_path / "study"), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    pretrain = [line for line in lines if " -m mochi pretrain " in line]
+    assert len(pretrain) == 9  # MoCo-v2 and two MoCHi settings, three seeds each
+    for seed in (0, 1, 2):
+        assert sum(f"--seed {seed} " in line for line in pretrain) == 3
+    assert sum("--mochi-n 512 --mochi-s 512 --mochi-s-prime 128" in line for line in pretrain) == 3
+    assert all("--aug grey-small" in line and "--data fashion-mnist-embedded" in line for line in pretrain)
+    (suite,) = [line for line in lines if " -m mochi suite " in line]
+    assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0009.pth.tar") == 9
+    assert "--limit-train" not in suite  # the whole embedded split
+    tables = [line for line in lines if " -m mochi table " in line or " plot bars " in line]
+    assert len(tables) == 4 and all("--rows method" in line for line in tables)
+
+
 def test_missing_data_root_is_refused_before_anything_runs(tmp_path):
     done = _run("in100-linear", "-o", str(tmp_path / "x"))
     assert done.returncode == 2 and "needs --imagenet DIR" in done.stderr

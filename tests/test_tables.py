@@ -293,7 +293,7 @@ def test_cli_merges_folders_and_writes_each_format(tmp_path):
     [
         (["--format", "html"], "unknown --format 'html'"),
         (["--reference", "simclr"], "unknown reference 'simclr'"),
-        (["--rows", "dataset"], "--rows backbone"),
+        (["--rows", "dataset"], "use one of backbone, method"),
     ],
 )
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, args, message):
@@ -346,3 +346,34 @@ def test_cli_table_from_real_records(tmp_path):
     c = row["cells"]["F-MNIST (embedded) kNN k=20 top-1"]
     values = sorted(r["metrics"]["top1"] for r in records)
     assert sorted(c["values"]) == values and c["n"] == 2 and c["std"] == pytest.approx(sample_std(values))
+
+
+def _pretrained(top1, pretrain_seed, sha, n_hard=0, temperature=0.2):
+    record = linear(top1, sha=sha, label=f"run-seed{pretrain_seed}/checkpoint_0019.pth.tar")
+    config = {"arch": "resnet50", "epochs": 20, "temperature": temperature, "n_hard": n_hard,
+              "s": 4 * n_hard, "s_prime": n_hard, "seed": pretrain_seed,
+              "output": f"runs/run-seed{pretrain_seed}", "workers": 2}  # fmt: skip
+    record["evaluated"]["pretraining"] = config
+    return record
+
+
+def test_method_rows_average_pretraining_seeds_and_keep_recipes_apart():
+    moco = [70.0, 72.0, 71.0]
+    records = [_pretrained(v, s, sha=f"{s}a" * 32) for s, v in enumerate(moco)]
+    records += [_pretrained(75.0 + s, s, sha=f"{s}b" * 32, n_hard=64) for s in range(2)]
+    records += [_pretrained(60.0, 0, sha="cc" * 32, temperature=0.1)]  # another recipe: its own row
+    records += [knn({"k20_T0.07": 50.0, "k10_T0.07": 49.0}, init_seed=0)]
+    column = "CIFAR-10 linear (lbfgs) top-1"
+    by_backbone = build_table(records)
+    assert len([r for r in by_backbone.rows if column in r.cells]) == 6  # one row per checkpoint
+    table = build_table(records, rows="method")
+    labels = [r.label for r in table.rows]
+    assert labels == [
+        "MoCo-v2 resnet50, 20 ep [temperature 0.2]", "MoCHi (N, s, s') = (64, 256, 64) resnet50, 20 ep",
+        "MoCo-v2 resnet50, 20 ep [temperature 0.1]", "random-init resnet18",
+    ]  # fmt: skip
+    c = cell(table, labels[0], column)
+    assert c.n == 3 and c.mean == pytest.approx(71.0) and c.std == pytest.approx(sample_std(moco))
+    assert cell(table, labels[1], column).values == [75.0, 76.0]
+    with pytest.raises(MochiError, match="unknown rows pivot 'dataset'"):
+        build_table(records, rows="dataset")

@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from mochi.transforms import GaussianBlur, aug_plus, build_augmentation, eval_transform
+from mochi.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GaussianBlur,
+    aug_plus,
+    build_augmentation,
+    eval_transform,
+)
 
 
 def _image(size: int = 64) -> Image.Image:
@@ -73,3 +80,37 @@ def test_eval_transform_describes_itself():
     assert spec == {"resize": 256, "center_crop": 224, "interpolation": "bilinear", "normalize": "imagenet"}
     _, small = eval_transform(32)
     assert small["resize"] == 32
+
+
+def _grey_image(size: int = 28) -> Image.Image:
+    g = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+    return Image.fromarray(g).convert("RGB")
+
+
+def test_saturation_hue_and_grayscale_leave_grey_pixels_unchanged():
+    # Why grey-small drops them: on R = G = B images these aug+ steps are the identity.
+    from torchvision import transforms as T
+
+    img = _grey_image()
+    torch.manual_seed(0)
+    for op in (T.ColorJitter(saturation=0.4), T.ColorJitter(hue=0.1), T.RandomGrayscale(p=1.0)):
+        assert np.array_equal(np.asarray(op(img)), np.asarray(img)), op
+
+
+def test_grey_small_keeps_images_grey_and_takes_crop_min():
+    from torchvision import transforms as T
+
+    pipeline = build_augmentation("grey-small", 32, crop_min=0.5)
+    torch.manual_seed(0)
+    out = pipeline(_grey_image())
+    std, mean = torch.tensor(IMAGENET_STD)[:, None, None], torch.tensor(IMAGENET_MEAN)[:, None, None]
+    pixels = out * std + mean
+    assert out.shape == (3, 32, 32)
+    assert torch.allclose(pixels[0], pixels[1], atol=1e-6) and torch.allclose(pixels[1], pixels[2], atol=1e-6)
+    (crop,) = [t for t in pipeline.transforms if isinstance(t, T.RandomResizedCrop)]
+    assert crop.scale == (0.5, 1.0)
+    names = repr(pipeline)
+    assert "saturation" not in names.replace("saturation=None", "") and "Grayscale" not in names
+    assert build_augmentation("aug-plus-small", 32, crop_min=0.5).transforms[0].scale == (0.5, 1.0)
+    with pytest.raises(Exception, match="crop_min must be in"):
+        build_augmentation("grey-small", 32, crop_min=0)

@@ -202,6 +202,9 @@ def errors_as(ctx: click.Context, params: dict[str, str]) -> Iterator[None]:
 
 BACKBONE_FLAGS = {
     "random_init": flag("--random-init", help="Evaluate a random-init --arch (baseline)."),
+    "pixels": flag(
+        "--pixels", help="Evaluate the raw pixels (baseline): the evaluation transform's output, flattened."
+    ),
     "arch": flag(
         "-a", "--arch", choices=list(ARCHS), default_text="inferred",
         help="Architecture: built by --random-init, or asserted against the checkpoint's.",

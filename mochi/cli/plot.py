@@ -74,12 +74,17 @@ def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None) -> 
 @click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
 @click.option("--columns", default=None, help="Only the table columns whose label contains this text.")
 @click.option("--reference", default=None, help="Add the published rows of this table (e.g. moco), hatched.")
+@click.option(
+    "--rows", type=click.Choice(["backbone", "method"]), default="backbone",
+    help="One bar per backbone, or per pretraining recipe (its seeds pooled; see mochi table --rows).",
+)  # fmt: skip
 def bars_cmd(
     results_dirs: tuple[str, ...],
     output: str,
     formats: str | None,
     columns: str | None,
     reference: str | None,
+    rows: str,
 ) -> None:
     """The columns of `mochi table RESULTS_DIRS` as bar charts: one bar per backbone, ± std as error bars.
 
@@ -97,7 +102,7 @@ def bars_cmd(
     if not records:
         raise MochiError(f"no result records in {', '.join(results_dirs)}: pass a results folder")
     ordered = sorted(records.values(), key=lambda r: (r["created"], r["id"]))
-    table = build_table(ordered, reference=reference)
+    table = build_table(ordered, rows=rows, reference=reference)
     _echo(save_figure(table_bars(table, columns), output, _formats(formats)))
 
 

@@ -50,7 +50,11 @@ PRETRAIN_FLAGS = {
         "--bn-splits", default_text="8 on one device, 1 per process under torchrun",
         help="BN groups per device for split BN.",
     ),
-    "aug": flag("--aug", choices=AUGMENTATIONS, help="aug+ or its no-blur small-image variant."),
+    "aug": flag(
+        "--aug", choices=AUGMENTATIONS,
+        help="aug+, its no-blur small-image variant, or that without the colour steps grey images ignore.",
+    ),
+    "crop_min": flag("--crop-min", help="Smallest random crop, as a share of the image area."),
     "image_size": flag("--image-size", help="Crop size in pixels."),
     "epochs": flag("--epochs"),
     "batch_size": flag("-b", "--batch-size", help="Global batch over all processes."),

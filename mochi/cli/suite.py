@@ -22,8 +22,9 @@ def _seeds(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--suite", default=None, help="Suite name (mochi suite --list).")
 @click.option("--list", "list_suites", is_flag=True, help="List the suites, their steps and seeds, and exit.")
 @click.option("-o", "--output", default=None, help="Suite folder: results/ (records), table and plots.")
-@click.option("--baseline", "baselines", multiple=True, type=click.Choice(ARCHS),
-              help="Also evaluate this architecture at random init (repeatable).")  # fmt: skip
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice([*ARCHS, "pixels"]),
+              help="Also evaluate this architecture at random init, or pixels: the raw pixels "
+              "(repeatable).")  # fmt: skip
 @click.option("--seeds", default=None, callback=_seeds, help="Comma-separated seeds [default: the suite's].")
 @click.option("--variant", default=None, help="Another step set of the suite (coco: 2x, fpn).")
 @click.option("--option", "options", multiple=True,

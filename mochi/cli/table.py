@@ -10,8 +10,9 @@ import click
 @click.option(
     "--rows",
     default="backbone",
-    help="Pivot: 'backbone' (the only one) = one row per evaluated backbone (checkpoint hash, or random-init "
-    "arch and stem), its seeds averaged in each cell.",
+    help="Pivot: 'backbone' = one row per evaluated backbone (checkpoint hash, or random-init arch and "
+    "stem), its seeds averaged in each cell; 'method' = one row per pretraining recipe, the checkpoints of "
+    "its pretraining seeds averaged too.",
 )
 @click.option("--format", "fmt", default="md", help="md (Markdown), csv, latex (booktabs) or json.")
 @click.option("--reference", default=None, help="Add the published rows of this table (e.g. moco), marked.")
@@ -47,11 +48,11 @@ def table_cmd(
     from mochi.errors import MochiError
     from mochi.eval.records import load_records
     from mochi.eval.table_formats import render
-    from mochi.eval.tables import FORMATS, build_table, load_reference
+    from mochi.eval.tables import FORMATS, ROWS, build_table, load_reference
     from mochi.io import atomic_write_text
 
-    if rows != "backbone":
-        raise MochiError(f"--rows {rows!r} is not a pivot mochi knows: use --rows backbone")
+    if rows not in ROWS:
+        raise MochiError(f"--rows {rows!r} is not a pivot mochi knows: use one of {', '.join(ROWS)}")
     if fmt not in FORMATS:
         raise MochiError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
     if reference:
@@ -67,7 +68,7 @@ def table_cmd(
         )
     wanted = [m.strip() for m in metrics.split(",") if m.strip()] or None
     ordered = sorted(records.values(), key=lambda r: (r["created"], r["id"]))
-    table = build_table(ordered, knn=knn, metrics=wanted, reference=reference)
+    table = build_table(ordered, rows=rows, knn=knn, metrics=wanted, reference=reference)
     if not table.columns:
         raise MochiError(f"no metric of {', '.join(results_dirs)} to tabulate: check --metrics {metrics!r}")
     text = render(table, fmt, digits)

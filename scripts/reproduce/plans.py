@@ -66,6 +66,7 @@ class Plan:
     needs: tuple[str, ...]  # data roots: imagenet (pretraining + suites) | detectron2 (VOC / COCO)
     baselines: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    table_rows: str = "backbone"  # mochi table --rows: "method" pools the pretraining seeds of a recipe
 
 
 def _mochi_args(n: int, s: int, s_prime: int, warmup: int) -> tuple[str, ...]:
@@ -107,6 +108,31 @@ MINI = (
     "aug-plus-small", "--epochs", "2", "-b", "64", "--moco-k", "512", "--moco-m", "0.99", "--bn-splits", "2",
     "-j", "0", "--log-every", "4",
 )  # fmt: skip
+
+# The CPU-scale study on the embedded Fashion-MNIST subset (docs/fashion_mnist_study.md): ResNet-18 at 32 px
+# with the exploration's best recipe so far (try e1 of docs/fashion_mnist_study.md#lab-notebook; at 3 epochs
+# it was still below random init), run for 10 epochs; three pretraining seeds of MoCo-v2 and of two MoCHi
+# settings, against random init and the raw pixels, evaluated on the whole embedded split (10k train / 2k
+# test). MoCHi's N <= K = 4096; mixing from the third epoch.
+FMNIST_EPOCHS = 10
+FMNIST = (
+    "--data", "fashion-mnist-embedded", "-a", "resnet18", "--image-size", "32", "--aug", "grey-small",
+    "--crop-min", "0.4", "-b", "128", "--moco-k", "4096", "--moco-m", "0.99", "--temperature", "0.1",
+    "--lr", "0.06", "--bn-splits", "4", "-j", "0", "--epochs", str(FMNIST_EPOCHS),
+)  # fmt: skip
+FMNIST_MOCHI = {"mochi-512-512-128": (512, 512, 128), "mochi-256-512-0": (256, 512, 0)}
+FMNIST_SEEDS = (0, 1, 2)
+
+
+def _fmnist_runs() -> tuple[Run, ...]:
+    runs = []
+    for seed in FMNIST_SEEDS:
+        args = (*FMNIST, "--seed", str(seed))
+        runs.append(Run(f"moco-v2-seed{seed}", args, FMNIST_EPOCHS, 0))
+        for name, (n, s, s_prime) in FMNIST_MOCHI.items():
+            runs.append(Run(f"{name}-seed{seed}", (*args, *_mochi_args(n, s, s_prime, 2)), FMNIST_EPOCHS, 0))
+    return tuple(runs)
+
 
 PLANS: dict[str, Plan] = {
     "in100-linear": Plan(
@@ -154,5 +180,16 @@ PLANS: dict[str, Plan] = {
         ),  # fmt: skip
         needs=(),
         baselines=("resnet18",),
+    ),
+    "fashion-mnist": Plan(
+        name="fashion-mnist",
+        title="CPU-scale study: MoCo-v2 and two MoCHi settings, 3 pretraining seeds each, on the embedded "
+        "Fashion-MNIST subset, against random init and raw pixels",
+        runs=_fmnist_runs(),
+        # The whole embedded split; one evaluation seed: the pretraining seeds give the spread.
+        suites=(SuiteRun("fashion-mnist", args=("--seeds", "0")),),
+        needs=(),
+        baselines=("resnet18", "pixels"),
+        table_rows="method",
     ),
 }

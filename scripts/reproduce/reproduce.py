@@ -2,9 +2,9 @@
 
     python scripts/reproduce/reproduce.py PLAN -o DIR [data roots] [--launcher local|slurm] [--dry-run]
 
-PLAN is one of scripts/reproduce/plans.py (in100-linear, in1k-voc, coco, mini); the settings and their
-sources are in docs/protocols.md#reproduction-tables. Three stages, each resumable, so the same command
-finishes an interrupted reproduction:
+PLAN is one of scripts/reproduce/plans.py (in100-linear, in1k-voc, coco, mini, fashion-mnist); the settings
+and their sources are in docs/protocols.md#reproduction-tables. Three stages, each resumable, so the same
+command finishes an interrupted reproduction:
 
 1. pretraining, one `mochi pretrain --resume auto` per run (torchrun, or a SLURM job array);
 2. one `mochi suite` per suite on the runs' last checkpoints (finished evaluations are skipped);
@@ -70,11 +70,12 @@ def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
         suites.append(["suite", *checkpoints, "--suite", s.suite, *s.args, *extra, *gpus, *baselines,
                        "-o", str(out / "suites" / s.suite)])  # fmt: skip
     results = [str(out / "suites" / s.suite / "results") for s in plan.suites]
+    rows = ["--rows", plan.table_rows]
     report = [
-        ["table", *results, "-o", str(out / "table.md")],
-        ["table", *results, "--format", "latex", "-o", str(out / "table.tex")],
-        ["table", *results, "--format", "csv", "-o", str(out / "table.csv")],
-        ["plot", "bars", *results, "-o", str(out / "plots" / "table")],
+        ["table", *results, *rows, "-o", str(out / "table.md")],
+        ["table", *results, *rows, "--format", "latex", "-o", str(out / "table.tex")],
+        ["table", *results, *rows, "--format", "csv", "-o", str(out / "table.csv")],
+        ["plot", "bars", *results, *rows, "-o", str(out / "plots" / "table")],
         ["plot", "curves", *(str(out / "pretrain" / run.name) for run in plan.runs), "-o",
          str(out / "plots" / "curves")],
     ]  # fmt: skip
