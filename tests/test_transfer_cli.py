@@ -126,3 +126,20 @@ def test_inspect_refusals_and_stem_choice_from_the_command_line(tmp_path):
     res = run("inspect", tmp_path / "cifar.pth", "--stem", "small-pad2", "--json")
     report = json.loads(res.output)
     assert res.exit_code == 0 and (report["stem"], report["stem_source"]) == ("small-pad2", "--stem")
+
+
+def test_prefix_on_a_two_encoder_file_reports_the_encoder_it_picked(backbone18, tmp_path):
+    """``--prefix module.encoder_k.`` picks the key encoder of a MoCo file: the report says "key" (not "single
+    encoder"), loads the key's tensors and lists the query's as ignored."""
+    sd = {f"module.encoder_q.{k}": v for k, v in backbone18.items()}
+    sd |= {f"module.encoder_k.{k}": v + 1 if v.is_floating_point() else v for k, v in backbone18.items()}
+    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": sd}, tmp_path / "two.pth.tar")
+    res = run("inspect", tmp_path / "two.pth.tar", "--prefix", "module.encoder_k.", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["encoder"] == "key" and d["prefix"] == "module.encoder_k." and d["num_loaded"] == len(backbone18)
+    out = tmp_path / "key.pth"
+    assert run("export", tmp_path / "two.pth.tar", "--prefix", "module.encoder_k.", "--to", "torchvision",
+               "-o", out).exit_code == 0  # fmt: skip
+    exported = torch.load(out, weights_only=True)
+    assert torch.equal(exported["conv1.weight"], backbone18["conv1.weight"] + 1)
