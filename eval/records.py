@@ -210,13 +210,6 @@ def seed_of(record: dict[str, Any], method: bool = False) -> tuple[Any, ...]:
     return seed
 
 
-def find_record(records: Iterable[dict[str, Any]], like: dict[str, Any]) -> dict[str, Any] | None:
-    """The newest record of ``records`` with ``like``'s setting and seed, or None (a suite's resume test)."""
-    want = (setting_key(like), seed_of(like))
-    found = [r for r in records if (setting_key(r), seed_of(r)) == want]
-    return max(found, key=lambda r: (r["created"], r["id"])) if found else None
-
-
 # The columns ``mochi results`` shows by default, by task: what a reader of that task looks at first.
 DEFAULT_METRICS = {
     "knn": ("top1", "top5"),

@@ -25,7 +25,7 @@ from typing import Any
 
 from mochi.errors import ConfigError, MochiError
 
-from .config import CONFIGS, BackboneSpec, EvalData, KnnConfig
+from .config import CONFIGS, BackboneSpec, EvalData, KnnConfig, check_backbone
 from .records import load_records, write_records
 from .suites import Step, Suite, get_suite, suite_steps
 
@@ -203,8 +203,6 @@ def _check_backbones(cfg: SuiteConfig) -> tuple[list[BackboneSpec], list[dict[st
             labels.append("raw pixels")
             continue
         spec = BackboneSpec(random_init=True, arch=arch)
-        from .config import check_backbone
-
         check_backbone(spec)
         specs.append(spec)
         identities.append({"random_init": arch, "init_seed": 0})

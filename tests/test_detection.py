@@ -291,3 +291,10 @@ def test_finetune_voc_seeds_aggregate_and_interrupted_seed_resumes(mochi_r50, tm
     assert len(records) == 3  # two seeds and one aggregate, each written once
     again = detection.run_detection(config)
     assert again.skipped_seeds == [0, 1] and again.aggregate["id"] == agg["id"] and not again.written
+
+
+def test_bad_seeds_are_named_by_the_flag(tmp_path):
+    out = CliRunner().invoke(main, ["detect", str(tmp_path / "c.pth"), "--config", "smoke_R50_C4", "--seeds",
+                                    "0,x", "-o", str(tmp_path / "o")])  # fmt: skip
+    assert out.exit_code == 2 and "'0,x': comma-separated integers" in out.output
+    assert not (tmp_path / "o").exists()

@@ -76,6 +76,7 @@ def test_plan_lists_every_backbone_step_and_seed(tmp_path, checkpoint):
         (["--suite", "fashion-mnist", "--option", "oops"], "--option 'oops': write STEP.FIELD=VALUE"),
         (["--suite", "fashion-mnist", "--option", "linear-lbfgs.max_iter=0"], "linear-lbfgs.max_iter must"),
         (["--suite", "fashion-mnist", "--seeds", "1,1"], "--seeds [1, 1]: give distinct seeds"),
+        (["--suite", "fashion-mnist", "--seeds", "a,b"], "'a,b': comma-separated integers, e.g. 0,1,2"),
         (["--suite", "coco", "--variant", "3x"], "--variant '3x' is not a variant of suite coco; choose"),
         (["--suite", "fashion-mnist", "missing.pth"], "checkpoint not found: missing.pth"),
         (["--suite", "fashion-mnist"], "give at least one checkpoint, or --baseline ARCH"),
@@ -148,6 +149,11 @@ def test_a_killed_suite_resumes_with_only_the_missing_evaluations(tmp_path, chec
     assert all(c == [True, True] for c in cached)
     again = run_suite(cfg)
     assert again["ran"] == [] and len(again["skipped"]) == 10
+    dry = CliRunner().invoke(main, [*cmd[3:], "--dry-run"])
+    lines = dry.output.strip().splitlines()
+    assert dry.exit_code == 0 and len(lines) == 10 and all(line.startswith("done  ") for line in lines), (
+        dry.output
+    )
     # ... and ends with the table and its pictures
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     assert [r["backbone"] for r in rows] == ["moco/checkpoint_0001.pth.tar", "random-init resnet18"]

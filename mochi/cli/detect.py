@@ -6,6 +6,7 @@ import re
 
 import click
 
+from mochi.cli.options import comma_ints
 from mochi.constants import NORM_CHOICES
 from mochi.errors import ConfigError
 
@@ -38,19 +39,12 @@ def _with_flags(err: ConfigError) -> str:
     return message
 
 
-def _seeds(ctx, param, value: str) -> list[int]:
-    try:
-        return [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: comma-separated integers, e.g. 0,1,2,3,4") from None
-
-
 @click.command("detect", context_settings={"ignore_unknown_options": True})
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--config", required=True, help="Shipped config name (voc07_R50_C4_24k, coco_R50_C4_1x, "
               "coco_R50_C4_2x, coco_R50_FPN_1x, smoke_R50_C4) or a Detectron2 yaml file.")  # fmt: skip
-@click.option("--seeds", default="0", callback=_seeds, help="Comma-separated seeds, one fine-tune each.")
+@click.option("--seeds", default="0", callback=comma_ints, help="Comma-separated seeds, one fine-tune each.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True,
               help="Run directory: seed<k>/ (Detectron2 output), backbone.pkl, records.")  # fmt: skip
 @click.option("--results", type=click.Path(file_okay=False), default=None,

@@ -70,6 +70,16 @@ class CommaList(click.ParamType):
         return values
 
 
+def comma_ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """Click callback: ``"0,1,2"`` -> ``[0, 1, 2]`` (``None`` stays ``None``: the library's default)."""
+    if value is None:
+        return None
+    try:
+        return [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: comma-separated integers, e.g. 0,1,2") from None
+
+
 def format_default(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
 

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import click
 
-from mochi.cli.options import Command, errors_as
+from mochi.cli.options import Command, comma_ints, errors_as
 from mochi.constants import ARCHS
-
-
-def _seeds(ctx, param, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: comma-separated integers, e.g. 0,1,2") from None
+from mochi.eval.config import DEVICES
 
 
 @click.command("suite", cls=Command)
@@ -25,7 +17,9 @@ def _seeds(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice([*ARCHS, "pixels"]),
               help="Also evaluate this architecture at random init, or pixels: the raw pixels "
               "(repeatable).")  # fmt: skip
-@click.option("--seeds", default=None, callback=_seeds, help="Comma-separated seeds [default: the suite's].")
+@click.option(
+    "--seeds", default=None, callback=comma_ints, help="Comma-separated seeds [default: the suite's]."
+)
 @click.option("--variant", default=None, help="Another step set of the suite (coco: 2x, fpn).")
 @click.option("--option", "options", multiple=True,
               help="STEP.FIELD=VALUE: change one protocol setting (e.g. linear-lbfgs.patience=5); "
@@ -37,7 +31,7 @@ def _seeds(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--image-size", type=int, default=None, help="Center-crop size [default: the suite's].")
 @click.option("-b", "--batch-size", type=int, default=256, help="Images per batch of the feature pass.")
 @click.option("-j", "--workers", type=int, default=0, help="Data-loading workers.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
 @click.option("--cache-dir", default=None, help="Feature cache folder [default: $MOCHI_CACHE/features].")
 @click.option("--encoder", default=None, help="Which encoder of the checkpoints [default: query].")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling of trusted checkpoints.")
