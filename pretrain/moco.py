@@ -15,6 +15,7 @@ from torch import nn
 
 from mochi import distributed as dist_utils
 from mochi.pretrain.losses import contrastive_loss, mix_hard_negatives, mochi_logits, moco_logits, proxy_top1
+from mochi.pretrain.split_bn import split_batchnorm
 from mochi.resnet import build_torchvision_resnet
 
 
@@ -29,16 +30,6 @@ def build_encoder(arch: str, dim: int = 128, mlp: bool = True, small_stem: bool 
         hidden = net.fc.weight.shape[1]
         net.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), net.fc)
     return net
-
-
-def forward_split(encoder: nn.Module, x: torch.Tensor, splits: int) -> torch.Tensor:
-    """Run ``encoder`` on ``splits`` equal chunks of the batch, so each chunk gets its own BN statistics.
-
-    This is the single-device stand-in for computing BN per GPU ("split BN"); ``splits = 1`` is a plain call.
-    """
-    if splits == 1:
-        return encoder(x)
-    return torch.cat([encoder(chunk) for chunk in x.chunk(splits)], dim=0)
 
 
 @dataclass(frozen=True)
@@ -78,8 +69,10 @@ class MoCo(nn.Module):
         self.temperature = temperature
         self.bn_splits = bn_splits
         self.mochi = mochi
-        self.encoder_q = build_encoder(arch, dim, mlp, small_stem)
-        self.encoder_k = build_encoder(arch, dim, mlp, small_stem)
+        # bn_splits > 1: each of that many groups of the batch gets its own BN statistics (split BN), in
+        # the BN layers themselves so that the convolutions still run on the whole batch.
+        self.encoder_q = split_batchnorm(build_encoder(arch, dim, mlp, small_stem), bn_splits)
+        self.encoder_k = split_batchnorm(build_encoder(arch, dim, mlp, small_stem), bn_splits)
         self.encoder_k.load_state_dict(self.encoder_q.state_dict())
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -100,7 +93,8 @@ class MoCo(nn.Module):
 
         Under DDP the global batch is permuted across ranks (permutation drawn on rank 0 and broadcast),
         each rank encodes its slice, and the gathered keys are un-permuted. On one device the batch is
-        permuted locally and encoded in ``bn_splits`` chunks, which has the same effect.
+        permuted locally and its ``bn_splits`` contiguous groups are normalised separately (split BN), which
+        has the same effect.
         """
         rank = dist_utils.rank()
         b = im_k.shape[0]
@@ -108,7 +102,7 @@ class MoCo(nn.Module):
         perm = torch.randperm(x_all.shape[0], device=im_k.device, generator=generator)
         perm = dist_utils.broadcast(perm, src=0)
         local = x_all[perm[rank * b : (rank + 1) * b]]
-        k = F.normalize(forward_split(self.encoder_k, local, self.bn_splits).float(), dim=1)
+        k = F.normalize(self.encoder_k(local).float(), dim=1)
         k_shuffled = dist_utils.all_gather_cat(k)
         k_all = torch.empty_like(k_shuffled)
         k_all[perm] = k_shuffled  # invert the permutation exactly
@@ -136,7 +130,7 @@ class MoCo(nn.Module):
         Returns ``loss`` (with grad) and detached statistics: ``top1`` (proxy task), ``pos_sim``, and
         with mixing ``hard_sim`` / ``synthetic_sim`` (mean ``q·n`` over hard negatives / synthetic points).
         """
-        q = F.normalize(forward_split(self.encoder_q, im_q, self.bn_splits).float(), dim=1)
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)
         with torch.no_grad():
             self.momentum_update()
             k, k_all = self.compute_keys(im_k, generator)

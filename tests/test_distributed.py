@@ -44,10 +44,16 @@ def test_ddp_matches_single_process_math(tmp_path):
         out["loss"].backward()
         opt.step()
         losses.append(out["loss"].item())
-    assert ranks[0]["losses"] == pytest.approx(losses, abs=1e-5)
-    torch.testing.assert_close(ranks[0]["queue"], model.queue, rtol=0, atol=1e-4)
+    # Split BN normalises both groups in one call and the convolutions see the whole batch, so sums run in
+    # another order than on two processes: float32 rounding, grown over three SGD steps through BN groups of
+    # four images (in float64 the two single-process forms agree exactly; a wrong grouping or shuffle moves
+    # the loss by > 1e-2 and a key by O(1)).
+    assert ranks[0]["losses"] == pytest.approx(losses, rel=1e-4)
+    torch.testing.assert_close(
+        ranks[0]["queue"], model.queue, rtol=0, atol=1e-3
+    )  # unit keys: a wrong key is O(1)
     for k, v in model.encoder_q.named_parameters():
-        torch.testing.assert_close(ranks[0]["encoder_q"][k], v.detach(), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(ranks[0]["encoder_q"][k], v.detach(), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow
