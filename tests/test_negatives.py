@@ -228,3 +228,78 @@ def test_the_label_queue_follows_the_pointer_through_wrap_around():
     assert torch.equal(model.queue_labels, expected) and int(model.queue_ptr) == 8
     model(images(8, seed=9), images(8, seed=9))  # a batch without labels enqueues unknowns
     assert (model.queue_labels[8:16] == -1).all()
+
+
+def _unlabelled_stl10(root):
+    """A tiny STL-10 ``unlabeled`` split: 64 random 96x96 images, no labels at all."""
+    folder = root / "stl10_binary"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 3, 96, 96), dtype=np.uint8)
+    (folder / "unlabeled_X.bin").write_bytes(pixels.tobytes())
+    return root
+
+
+TINY_RUN = ["pretrain", "-a", "resnet18", "--image-size", "32", "--aug", "aug-plus-small", "-b", "32",
+            "--moco-k", "64", "-j", "0", "--epochs", "1", "--log-every", "1", "-q"]  # fmt: skip
+
+
+def test_the_oracle_without_labels_stops_before_training_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from mochi.cli import main
+
+    root, out = _unlabelled_stl10(tmp_path), tmp_path / "run"
+    args = [*TINY_RUN, "--data", "stl10", "--data-root", str(root), "--split", "unlabeled", "-o", str(out)]
+    res = CliRunner().invoke(main, [*args, "--oracle"])
+    assert res.exit_code != 0
+    assert "--oracle needs class labels, and stl10 (split unlabeled) has none" in res.output
+    assert not out.exists()
+
+
+@pytest.mark.slow  # three one-epoch runs of 2 steps
+def test_runs_log_the_statistics_their_data_allows_and_no_analysis_logs_none(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mochi.cli import main
+
+    def epoch_record(*args):
+        out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        res = CliRunner().invoke(main, [*TINY_RUN, *args, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return rows[-1], json.loads((out / "config.json").read_text())["config"]
+
+    root = _unlabelled_stl10(tmp_path)
+    unlabelled, _ = epoch_record("--data", "stl10", "--data-root", str(root), "--split", "unlabeled")
+    assert {"pos_rank", "pos_sim_p50", "hardest_sim_p90"} <= set(unlabelled)
+    assert not [k for k in unlabelled if k.startswith("fn_")]  # no labels: no made-up rates
+    labelled, config = epoch_record("--data", "fashion-mnist-embedded", "--limit", "64", "--oracle")
+    assert config["oracle"] is True and config["analysis"] is True
+    assert 0 <= labelled["fn_rate_queue"] <= 1 and "fn_queue_same" not in labelled  # counts became a rate
+    silent, config = epoch_record("--data", "fashion-mnist-embedded", "--limit", "64", "--no-analysis")
+    assert config["analysis"] is False
+    assert not {"pos_rank", "fn_rate_queue", "pos_sim_p50"} & set(silent)
+
+
+@pytest.mark.slow  # two one-epoch runs of 2 steps
+def test_a_checkpoint_without_the_label_queue_still_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from mochi.cli import main
+
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--data", "fashion-mnist-embedded", "--limit", "64", "--epochs", "2", "-o", str(out)]
+    res = CliRunner().invoke(main, [*args, "--stop-after", "1"])
+    assert res.exit_code == 0, res.output
+    path = out / "checkpoint_0000.pth.tar"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["state_dict"]["module.queue_labels"]  # as written before the label queue existed
+    torch.save(ckpt, path)
+    res = CliRunner().invoke(main, [*args, "--resume", "auto"])
+    assert res.exit_code == 0, res.output
+    resumed = torch.load(out / "checkpoint_0001.pth.tar", weights_only=True)["state_dict"]
+    labels = resumed["module.queue_labels"]
+    # The resumed epoch enqueued 64 labelled keys over the unknown ones: K = 64, all known again.
+    assert labels.shape == (64,) and (labels >= 0).all()
