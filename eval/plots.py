@@ -35,8 +35,8 @@ from .tables import Table
 # that share a title share a panel (one line style per key). ``hard_sim`` / ``synthetic_sim`` and the
 # ``syn_*`` fractions are written by MoCHi runs once mixing has started, the false-negative rates by runs on
 # labelled data (docs/protocols.md#negatives-during-pretraining).
-FN_TITLE = "false-negative rate (same class; solid: N hardest, dotted: queue)"
-SYN_TITLE = "synthetic points (solid: harder than hardest negative, dotted: from a false negative)"
+FN_TITLE = "false-negative rate: — N hardest, ··· whole queue"
+SYN_TITLE = "synthetic share: — harder than hardest neg., ··· from false neg."
 QUANTITIES: tuple[tuple[str, str], ...] = (
     ("loss", "loss (InfoNCE)"),
     ("top1", "proxy-task top-1 (positive is the top logit)"),
