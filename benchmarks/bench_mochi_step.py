@@ -4,11 +4,14 @@ Also times the mixing function alone against a loop written the way third-party 
 (per query: its top-N; per synthetic point: pair sampling, mixing, normalisation), and profiles one step of
 each (torch.profiler) to say which operators the extra time of MoCHi goes to. Steps are interleaved (MoCo,
 MoCHi, MoCo, ...) so that drift in machine speed affects both equally; min and median are reported, wall
-time and process CPU time.
+time and process CPU time. The statistics of the negatives (``--analysis``: positive rank, false-negative
+rates, synthetic-point fractions, similarity percentiles) are timed the same way, on and off, for MoCo and
+MoCHi steps on labelled batches, with the statistics alone against a step.
 
     python benchmarks/bench_mochi_step.py                  # small CPU config: R18, 32 px, batch 64, K 4096
     python benchmarks/bench_mochi_step.py --preset paper   # R18, 96 px, K 16384, (1024, 1024, 256)
     python benchmarks/bench_mochi_step.py --preset gpu     # R50, batch 256, K 65536, MoCHi (1024, 1024, 256)
+    python benchmarks/bench_mochi_step.py --analysis-only  # only the analysis on/off part (its own JSON)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from mochi.io import atomic_write_json
 from mochi.pretrain.losses import contrastive_loss, mix_hard_negatives, mochi_logits, moco_logits
 from mochi.pretrain.moco import MochiParams, MoCo
+from mochi.pretrain.negatives import negative_stats
 
 PRESETS = {
     "cpu": dict(arch="resnet18", batch=64, image_size=32, queue_size=4096, mochi=(256, 256, 64), steps=10),
@@ -153,6 +157,72 @@ def bench_steps(step, p, device):
     }
 
 
+def bench_analysis(p, device, dtype, repeats: int = 20) -> dict:
+    """Steps with the statistics of the negatives on and off (labelled batches, a queue of labelled keys),
+    interleaved, for MoCo and MoCHi; each step also stacks its statistics as the training loop does. And the
+    statistics alone (the MoCo case, which needs its own top-N) against a MoCo step, a low-noise figure."""
+    n, s, sp = p["mochi"]
+    b, k = p["batch"], p["queue_size"]
+    g = torch.Generator(device=device).manual_seed(0)
+    labels = torch.randint(0, 10, (b,), device=device, generator=g)
+    models, opts = {}, {}
+    for name in ("moco", "moco+analysis", "mochi", "mochi+analysis"):
+        torch.manual_seed(0)
+        mochi = MochiParams(n, s, sp) if name.startswith("mochi") else None
+        analysis_n = n if name.endswith("+analysis") else None
+        m = MoCo(arch=p["arch"], queue_size=k, bn_splits=1, mochi=mochi, analysis_n=analysis_n).to(device)
+        m.queue_labels.copy_(torch.randint(0, 10, (k,), device=device, generator=g))  # steady state
+        models[name] = m.train()
+        opts[name] = torch.optim.SGD(m.encoder_q.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(b, 3, p["image_size"], p["image_size"], device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def step(name):
+        with autocast:
+            out = models[name](x, x, name.startswith("mochi"), gen, labels)
+        opts[name].zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opts[name].step()
+        torch.stack([v.detach().float() for v in out.values()])  # what the loop keeps per step
+
+    for name in models:
+        for _ in range(2):
+            step(name)
+    times: dict[str, list] = {name: [] for name in models}
+    for _ in range(p["steps"]):
+        for name in times:
+            times[name] += time_call(lambda name=name: step(name), device, 1)
+    stats = {name: summary(v) for name, v in times.items()}
+    ratios = {
+        f"{base}_analysis_over_plain_{key.removesuffix('_s')}": (
+            stats[f"{base}+analysis"][key] / stats[base][key]
+        )
+        for base in ("moco", "mochi")
+        for key in ("wall_min_s", "wall_median_s", "cpu_median_s")
+    }
+    # The statistics alone, on the logits of a MoCo step (its own top-N of the queue).
+    q = F.normalize(torch.randn(b, 128, device=device, generator=g), dim=1)
+    queue = F.normalize(torch.randn(k, 128, device=device, generator=g), dim=1)
+    logits = moco_logits(q, q, queue, 0.2)
+    queue_labels = models["moco+analysis"].queue_labels
+
+    def alone():
+        hard_idx = logits[:, 1:].topk(min(n, k), dim=1).indices
+        negative_stats(logits, k, 0.2, labels, queue_labels, hard_idx)
+
+    alone_t = summary(time_call(alone, device, repeats))
+    return {
+        **stats,
+        **ratios,
+        "statistics_alone": alone_t,
+        "statistics_alone_over_moco_step": {
+            key: alone_t[key] / stats["moco"][key] for key in ("cpu_median_s", "wall_median_s")
+        },
+        "steps_timed": p["steps"],
+    }
+
+
 def bench_heads(p, device, repeats: int = 20, top: int = 8) -> dict:
     """Where MoCHi's extra time goes: the contrastive head alone (logits, mixing, loss, backward to q) of
     MoCo and of MoCHi, timed interleaved, and the MoCHi head's operators by self time (torch.profiler)."""
@@ -226,6 +296,10 @@ def main() -> None:
     ap.add_argument(
         "--out", type=Path, default=None, help="JSON path [benchmarks/results/mochi_step_<preset>.json]"
     )
+    ap.add_argument(
+        "--analysis-only", action="store_true",
+        help="time only the analysis on/off steps [JSON: benchmarks/results/analysis_step_<preset>.json]",
+    )  # fmt: skip
     a = ap.parse_args()
     p = dict(PRESETS[a.preset])
     if a.threads:
@@ -238,6 +312,20 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if a.analysis_only:
+        result = {
+            "benchmark": "analysis_step",
+            "preset": a.preset,
+            "config": {**p, "mochi": list(p["mochi"]), "amp": str(dtype) if dtype else "fp32", "dim": 128},
+            "machine": machine(device),
+            "analysis": bench_analysis(p, device, dtype),
+        }
+        result["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
+        out = a.out or Path(__file__).parent / "results" / f"analysis_step_{a.preset}.json"
+        atomic_write_json(out, result)
+        print(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
     step = build_step(p, device, dtype)
     result = {
         "benchmark": "mochi_step",
@@ -247,6 +335,7 @@ def main() -> None:
         "steps": bench_steps(step, p, device),
         "heads": bench_heads(p, device),
         "mixing_function": bench_mixing(p, device),
+        "analysis": bench_analysis(p, device, dtype),
     }
     # The head difference is MoCHi's whole extra work; against a MoCo step it is a low-noise overhead figure.
     extra = {

@@ -31,8 +31,12 @@ from mochi.io import atomic_open, read_jsonl, write_problem
 from .records import seed_of, setting_key
 from .tables import Table
 
-# The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles.
-# ``hard_sim`` / ``synthetic_sim`` are written by MoCHi runs once mixing has started.
+# The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles; keys
+# that share a title share a panel (one line style per key). ``hard_sim`` / ``synthetic_sim`` and the
+# ``syn_*`` fractions are written by MoCHi runs once mixing has started, the false-negative rates by runs on
+# labelled data (docs/protocols.md#negatives-during-pretraining).
+FN_TITLE = "false-negative rate: — N hardest, ··· whole queue"
+SYN_TITLE = "synthetic share: — harder than hardest neg., ··· from false neg."
 QUANTITIES: tuple[tuple[str, str], ...] = (
     ("loss", "loss (InfoNCE)"),
     ("top1", "proxy-task top-1 (positive is the top logit)"),
@@ -40,7 +44,13 @@ QUANTITIES: tuple[tuple[str, str], ...] = (
     ("images_per_s", "images / s"),
     ("hard_sim", "hardest-negative similarity (MoCHi)"),
     ("synthetic_sim", "synthetic-negative similarity (MoCHi)"),
+    ("pos_rank", "rank of the positive among all logits (mean)"),
+    ("fn_rate_hard", FN_TITLE),
+    ("fn_rate_queue", FN_TITLE),
+    ("syn_harder", SYN_TITLE),
+    ("syn_from_fn", SYN_TITLE),
 )
+LINE_STYLES = ("-", ":")  # the keys of a shared panel, in QUANTITIES order
 FORMATS = ("png", "svg", "pdf")
 DEFAULT_FORMATS = ("png", "svg")
 MIXING_GID = "mixing-start"  # the gid of the dashed line marking where a run starts mixing
@@ -98,29 +108,45 @@ def _unique_names(runs: Sequence[RunCurves]) -> list[str]:
     return [f"{r.path.resolve().parent.name}/{r.name}" if names.count(r.name) > 1 else r.name for r in runs]
 
 
+def series_label(run_name: str, key: str) -> str:
+    """The label of a run's line for ``key``: the run's name, with the key in a panel shared by several."""
+    shared = sum(title == dict(QUANTITIES)[key] for _, title in QUANTITIES) > 1
+    return f"{run_name}: {key}" if shared else run_name
+
+
 def training_curves(runs: Sequence[str | Path | RunCurves]) -> Figure:
-    """One panel per quantity of :data:`QUANTITIES` that any run logged, one line per run (colour ``C<i>``,
-    label = run directory name) over the global step, and a dashed vertical line (gid :data:`MIXING_GID`)
-    where each MoCHi run starts mixing. A run without a quantity draws nothing in its panel."""
+    """One panel per title of :data:`QUANTITIES` that any run logged, one line per run and key (colour
+    ``C<i>`` per run, label :func:`series_label`; keys of a shared panel in :data:`LINE_STYLES`) over the
+    global step, and a dashed vertical line (gid :data:`MIXING_GID`) where each MoCHi run starts mixing. A
+    run without a quantity draws nothing for it."""
     loaded = [r if isinstance(r, RunCurves) else load_run(r) for r in runs]
     if not loaded:
         raise MochiError("no run to plot: pass at least one pretraining run directory")
     names = _unique_names(loaded)
-    panels = [(key, title) for key, title in QUANTITIES if any(run.series(key)[0] for run in loaded)]
+    logged = [(key, title) for key, title in QUANTITIES if any(run.series(key)[0] for run in loaded)]
+    panels: dict[str, list[str]] = {}
+    for key, title in logged:
+        panels.setdefault(title, []).append(key)
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(5.2 * cols, 3.0 * rows), layout="constrained")
     first = None
-    for index, (key, title) in enumerate(panels):
+    for index, (title, keys) in enumerate(panels.items()):
         # one x range for all panels: the MoCHi similarities, logged once mixing is on, line up with the rest
         ax = fig.add_subplot(rows, cols, index + 1, sharex=first)
         first = first or ax
         for colour, (run, name) in enumerate(zip(loaded, names, strict=True)):
-            xs, ys = run.series(key)
-            if xs:
+            for key in keys:
+                xs, ys = run.series(key)
+                if not xs:
+                    continue
                 # lr is set per epoch: drawn as steps, each value held over the steps that led to its record
                 style = "steps-pre" if key == "lr" else "default"
-                ax.plot(xs, ys, color=f"C{colour}", label=name, linewidth=1.4, drawstyle=style)
+                line = LINE_STYLES[[k for k, t in QUANTITIES if t == title].index(key)]
+                ax.plot(
+                    xs, ys, color=f"C{colour}", label=series_label(name, key), linewidth=1.4,
+                    drawstyle=style, linestyle=line,
+                )  # fmt: skip
             if run.mixing_start is not None:
                 ax.axvline(
                     run.mixing_start, color=f"C{colour}", linestyle="--", linewidth=1.0,

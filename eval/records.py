@@ -146,6 +146,7 @@ def backbone_identity(record: dict[str, Any]) -> dict[str, Any]:
 RUN_ONLY_KEYS = frozenset({
     "seed", "output", "resume", "stop_after", "workers", "device", "amp", "channels_last", "log_every",
     "save_every", "save_every_steps", "keep_last", "data_root", "skip_corrupt", "config", "quiet",
+    "analysis", "analysis_n",  # what was logged, not what was learned
 })  # fmt: skip
 
 
@@ -171,6 +172,8 @@ def method_label(record: dict[str, Any]) -> str | None:
     n, s, s_prime = (c.get(k, c.get(old, 0)) for k, old in (("n_hard", "mochi_n"), ("s", "mochi_s"),
                                                              ("s_prime", "mochi_s_prime")))  # fmt: skip
     name = f"MoCHi (N, s, s') = ({n}, {s}, {s_prime})" if n else "MoCo-v2"
+    if c.get("oracle"):  # the upper-bound experiment: same-class negatives removed
+        name += " + class oracle"
     return f"{name} {ev.get('arch')}, {c.get('epochs')} ep"
 
 

@@ -37,6 +37,7 @@ RESUME_MUST_MATCH = (
     "s",
     "s_prime",
     "mochi_warmup",
+    "oracle",
     "bn_splits",
     "seed",
     "data",
@@ -98,6 +99,10 @@ class PretrainConfig:
     s: int = 0  # type-1 mixes of two hard negatives per query
     s_prime: int = 0  # s': type-2 mixes of the query with a hard negative per query
     mochi_warmup: int = 10  # epochs of plain MoCo before mixing starts (reimplementations use 10)
+    # --- analysis of the negatives (docs/protocols.md#negatives-during-pretraining)
+    oracle: bool = False  # remove same-class queue entries from each query's negatives (labels required)
+    analysis: bool = True  # log positive rank, false-negative rates, synthetic-point statistics
+    analysis_n: int = 1024  # N hardest for the false-negative rate without MoCHi (clipped to K; MoCHi: its N)
     # --- runtime
     output: str = "runs/pretrain"
     device: str = "auto"  # auto | cpu | cuda
@@ -114,6 +119,10 @@ class PretrainConfig:
     @property
     def uses_mochi(self) -> bool:
         return self.n_hard > 0
+
+    def hard_set_size(self) -> int:
+        """N of the false-negative rate: MoCHi's N, else ``analysis_n``; at most K."""
+        return min(self.n_hard if self.uses_mochi else self.analysis_n, self.queue_size)
 
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
@@ -157,7 +166,16 @@ def validate(cfg: PretrainConfig, world: int) -> None:
     for name, choices in (("schedule", SCHEDULES), ("device", DEVICES), ("amp", AMP_MODES)):
         if getattr(cfg, name) not in choices:
             raise ConfigError(name, f"{getattr(cfg, name)!r} is unknown; choose one of {', '.join(choices)}")
-    for name in ("epochs", "batch_size", "queue_size", "dim", "log_every", "save_every", "base_lr"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "queue_size",
+        "dim",
+        "log_every",
+        "save_every",
+        "base_lr",
+        "analysis_n",
+    ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(name, f"must be positive, got {getattr(cfg, name)}")
     for name in ("lr", "stop_after", "limit", "bn_splits", "save_every_steps"):

@@ -17,16 +17,24 @@ import torch
 import torch.nn.functional as F
 
 
-def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+def moco_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+    l_neg: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MoCo logits ``[q·k, q·n_1, …, q·n_K] / temperature``.
 
     q: (B, D) unit rows, the queries (gradient flows through them).
     k: (B, D) unit rows, the positive keys (no gradient expected).
     queue: (K, D) unit rows, the negatives.
+    l_neg: (B, K) ``q @ queue.T`` when the caller has it already (e.g. with the oracle's ``-inf``).
     Returns (B, 1 + K) logits; the positive is column 0.
     """
     l_pos = (q * k).sum(dim=1, keepdim=True)
-    l_neg = q @ queue.T
+    if l_neg is None:
+        l_neg = q @ queue.T
     return torch.cat([l_pos, l_neg], dim=1) / temperature
 
 

@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mochi import distributed as dist_utils
-from mochi.pretrain.losses import contrastive_loss, mix_hard_negatives, mochi_logits, moco_logits, proxy_top1
+from mochi.pretrain.losses import (
+    Mixing,
+    contrastive_loss,
+    mix_hard_negatives,
+    mochi_logits,
+    moco_logits,
+    proxy_top1,
+)
+from mochi.pretrain.negatives import UNKNOWN, negative_stats, oracle_mask
 from mochi.pretrain.split_bn import split_batchnorm
 from mochi.resnet import build_torchvision_resnet
 
@@ -44,9 +52,14 @@ class MochiParams:
 class MoCo(nn.Module):
     """MoCo-v2 with optional MoCHi hard-negative mixing.
 
-    Buffers follow the reference layout: ``queue`` (dim, K) with unit columns and ``queue_ptr`` (1,).
-    ``forward`` performs the momentum update, computes keys with shuffle-BN, the loss, and enqueues
-    the keys gathered from every rank.
+    Buffers follow the reference layout: ``queue`` (dim, K) with unit columns and ``queue_ptr`` (1,), plus
+    ``queue_labels`` (K,): the class of each queue entry's image, ``-1`` where unknown (the initial random
+    queue, unlabelled data). ``forward`` performs the momentum update, computes keys with shuffle-BN, the
+    loss, and enqueues the keys (and labels) gathered from every rank.
+
+    ``analysis_n``: log the negatives' statistics (:mod:`mochi.pretrain.negatives`), with the N hardest for
+    the false-negative rate (None: off). ``oracle``: remove same-class queue entries from each query's
+    negatives before the loss and the hard-set selection (labels required).
     """
 
     def __init__(
@@ -60,6 +73,8 @@ class MoCo(nn.Module):
         small_stem: bool = False,
         bn_splits: int = 1,
         mochi: MochiParams | None = None,
+        analysis_n: int | None = None,
+        oracle: bool = False,
     ) -> None:
         super().__init__()
         if mochi is not None and mochi.n_hard > queue_size:
@@ -69,6 +84,8 @@ class MoCo(nn.Module):
         self.temperature = temperature
         self.bn_splits = bn_splits
         self.mochi = mochi
+        self.analysis_n = None if analysis_n is None else min(analysis_n, queue_size)
+        self.oracle = oracle
         # bn_splits > 1: each of that many groups of the batch gets its own BN statistics (split BN), in
         # the BN layers themselves so that the convolutions still run on the whole batch.
         self.encoder_q = split_batchnorm(build_encoder(arch, dim, mlp, small_stem), bn_splits)
@@ -78,6 +95,7 @@ class MoCo(nn.Module):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("queue_labels", torch.full((queue_size,), UNKNOWN, dtype=torch.long))
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -109,13 +127,18 @@ class MoCo(nn.Module):
         return k_all[rank * b : (rank + 1) * b], k_all
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Replace the oldest ``len(keys)`` queue columns with ``keys`` (G·B, D)."""
+    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Replace the oldest ``len(keys)`` queue columns with ``keys`` (G·B, D), and their labels with
+        ``labels`` (G·B,) in the same order (unknown, -1, when None)."""
         n = keys.shape[0]
         ptr = int(self.queue_ptr)
         if self.queue_size % n != 0:
             raise RuntimeError(f"queue size {self.queue_size} is not a multiple of the global batch {n}")
         self.queue[:, ptr : ptr + n] = keys.T.to(self.queue.dtype)
+        if labels is None:
+            self.queue_labels[ptr : ptr + n] = UNKNOWN
+        else:
+            self.queue_labels[ptr : ptr + n] = labels
         self.queue_ptr[0] = (ptr + n) % self.queue_size
 
     def forward(
@@ -124,22 +147,36 @@ class MoCo(nn.Module):
         im_k: torch.Tensor,
         mix: bool = False,
         generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One MoCo / MoCHi step's forward. im_q, im_k: (B, 3, H, W) two views of the same images.
+        """One MoCo / MoCHi step's forward. im_q, im_k: (B, 3, H, W) two views of the same images;
+        labels: (B,) their classes (-1 unknown) or None.
 
-        Returns ``loss`` (with grad) and detached statistics: ``top1`` (proxy task), ``pos_sim``, and
-        with mixing ``hard_sim`` / ``synthetic_sim`` (mean ``q·n`` over hard negatives / synthetic points).
+        Returns ``loss`` (with grad) and detached statistics: ``top1`` (proxy task), ``pos_sim``, with
+        mixing ``hard_sim`` / ``synthetic_sim`` (mean ``q·n`` over hard negatives / synthetic points), and
+        with ``analysis_n`` those of :func:`~mochi.pretrain.negatives.negative_stats`.
         """
+        if self.oracle and labels is None:
+            raise ValueError("the class oracle needs the labels of the batch")
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)
         with torch.no_grad():
             self.momentum_update()
             k, k_all = self.compute_keys(im_k, generator)
+            # Same rank order as k_all: entry j of the enqueued block has the label of key j.
+            labels_all = None if labels is None else dist_utils.all_gather_cat(labels)
         queue = self.queue.T.contiguous().float()  # (K, D) rows, copied so the enqueue below can't alias it
         stats: dict[str, torch.Tensor] = {}
+        m = None
+        raw = None  # (B, K) q·queue before the oracle, when computed
         # The contrastive part runs in fp32 even under AMP: logits / τ need more than bf16's 8 bits.
         with torch.autocast(q.device.type, enabled=False):
+            l_neg = None
+            if self.oracle:
+                raw = q @ queue.T
+                l_neg = oracle_mask(raw, labels, self.queue_labels)
             if mix and self.mochi is not None:
-                l_neg = q @ queue.T  # shared: MoCo's negative logits and the top-N of the hard set
+                if l_neg is None:
+                    l_neg = raw = q @ queue.T  # shared: MoCo's negative logits and the top-N of the hard set
                 m = mix_hard_negatives(
                     q, queue, self.mochi.n_hard, self.mochi.s, self.mochi.s_prime, generator, sim=l_neg
                 )
@@ -149,9 +186,34 @@ class MoCo(nn.Module):
                 syn = logits[:, logits.shape[1] - n_syn :].detach() * self.temperature
                 stats["synthetic_sim"] = syn.mean() if n_syn else torch.zeros((), device=q.device)
             else:
-                logits = moco_logits(q, k, queue, self.temperature)
+                logits = moco_logits(q, k, queue, self.temperature, l_neg=l_neg)
             loss = contrastive_loss(logits)
-        self.enqueue(k_all)
         stats["top1"] = proxy_top1(logits.detach())
         stats["pos_sim"] = (logits[:, 0].detach() * self.temperature).mean()
+        if self.analysis_n is not None:  # before the enqueue: the queue labels the logits were made with
+            stats |= self._analysis(logits, raw, labels, m)
+        self.enqueue(k_all, labels_all)
         return {"loss": loss, **stats}
+
+    @torch.no_grad()
+    def _analysis(
+        self, logits: torch.Tensor, raw: torch.Tensor | None, labels: torch.Tensor | None, m: Mixing | None
+    ) -> dict[str, torch.Tensor]:
+        """The step's negative statistics; no random draws, no gradient, the loss untouched."""
+        if labels is None:
+            return negative_stats(logits, self.queue_size, self.temperature)
+        if m is not None and not self.oracle and m.hard_idx.shape[1] == self.analysis_n:
+            hard_idx = m.hard_idx  # the mixing's top-N is the raw top-N: reuse it
+        else:
+            sim = raw if raw is not None else logits[:, 1 : 1 + self.queue_size]  # same order as q·queue
+            hard_idx = sim.detach().topk(self.analysis_n, dim=1).indices
+        return negative_stats(
+            logits,
+            self.queue_size,
+            self.temperature,
+            labels,
+            self.queue_labels,
+            hard_idx,
+            (m.pair_i, m.pair_j, m.neg_j) if m is not None else None,
+            m.hard_idx if m is not None else None,
+        )

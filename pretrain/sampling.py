@@ -159,3 +159,9 @@ def build_pretrain_data(cfg: PretrainConfig, world: int, rank: int, device: torc
         persistent_workers=False,  # fresh workers each epoch see the epoch set on the dataset
     )
     return PretrainData(seeded, sampler, loader, generator, per_rank, steps, cfg.seed, rank)
+
+
+def has_labels(dataset: Dataset) -> bool:
+    """Whether any image of ``dataset`` has a known class (STL-10's ``unlabeled`` split has none)."""
+    targets = getattr(dataset, "targets", None)
+    return targets is not None and len(targets) > 0 and bool((np.asarray(targets) >= 0).any())

@@ -7,6 +7,9 @@ the main process (shuffle-BN permutations, MoCHi mixing) is re-seeded at each st
 written mid-epoch, replays exactly what an uninterrupted run would have done (bit-identical on CPU, with
 or without loader workers). A stop signal (:mod:`mochi.pretrain.preempt`) ends the run at the next step
 with a checkpoint.
+
+Longer than ~400 lines: the step loop, its device-side statistics, logging and mid-epoch checkpoints share
+their state (sums, windows, timers), and reading them in one place is what keeps resume exact.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from mochi.pretrain.checkpoint import (
 )
 from mochi.pretrain.config import PretrainConfig, validate
 from mochi.pretrain.moco import MochiParams, MoCo
+from mochi.pretrain.negatives import UNKNOWN, ratios
 from mochi.pretrain.preempt import DEFAULT_STOP_SIGNALS, StopSignals
 from mochi.pretrain.run_dir import (
     MetricsLogger,
@@ -45,7 +49,7 @@ from mochi.pretrain.run_dir import (
     prepare_run_dir,
     remove_orphan_temporaries,
 )
-from mochi.pretrain.sampling import build_pretrain_data, seed_step
+from mochi.pretrain.sampling import build_pretrain_data, has_labels, seed_step
 
 log = logging.getLogger("mochi.pretrain")
 
@@ -127,6 +131,13 @@ def _pretrain(
     # Data first: a missing or empty dataset is reported before any model is built.
     data = build_pretrain_data(cfg, world, rank, device)
     dataset, loader, steps_per_epoch = data.dataset, data.loader, data.steps_per_epoch
+    labelled = has_labels(dataset)
+    if cfg.oracle and not labelled:
+        raise ConfigError(
+            "oracle",
+            f"needs class labels, and {cfg.data} (split {cfg.split}) has none; "
+            "drop it or pretrain on a labelled dataset or split",
+        )
 
     torch.manual_seed(cfg.seed)  # identical initial weights and queue on every rank
     mochi = MochiParams(cfg.n_hard, cfg.s, cfg.s_prime) if cfg.uses_mochi else None
@@ -140,6 +151,8 @@ def _pretrain(
         small_stem=cfg.small_stem,
         bn_splits=cfg.resolved_bn_splits(world),
         mochi=mochi,
+        analysis_n=cfg.hard_set_size() if cfg.analysis else None,
+        oracle=cfg.oracle,
     ).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -156,6 +169,8 @@ def _pretrain(
     start_epoch, start_step, partial = 0, 0, None
     if ckpt is not None:
         state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
+        # Checkpoints written before the label queue: its entries' classes are unknown.
+        state.setdefault("queue_labels", torch.full_like(model.queue_labels, UNKNOWN, device="cpu"))
         check_resume_state(model, state, resume_from)
         model.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -256,6 +271,7 @@ def _pretrain(
                     logger,
                     show_progress and main,
                     dataset,
+                    labelled,
                     first_step=skip,
                     partial=partial if epoch == start_epoch else None,
                     stop=stop,
@@ -294,6 +310,7 @@ def _train_one_epoch(
     logger: MetricsLogger,
     show_progress: bool,
     dataset,
+    labelled: bool,
     first_step: int,
     partial: dict[str, Any] | None,
     stop: StopSignals,
@@ -345,12 +362,13 @@ def _train_one_epoch(
                 window[k] = window.get(k, 0.0) + v
             bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.3f}", refresh=False)
 
-    for step, ((im_q, im_k), _) in enumerate(loader, start=first_step):
+    for step, ((im_q, im_k), labels) in enumerate(loader, start=first_step):
         seed_step(cfg.seed, epoch, step, dist_utils.rank(), generator)
         im_q = im_q.to(device, non_blocking=True, memory_format=fmt)
         im_k = im_k.to(device, non_blocking=True, memory_format=fmt)
+        labels = labels.to(device, non_blocking=True) if labelled else None
         with autocast:
-            out = model(im_q, im_k, mix, generator)
+            out = model(im_q, im_k, mix, generator, labels)
         loss = out["loss"]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -365,7 +383,7 @@ def _train_one_epoch(
         if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
             read_back(step + 1)  # a non-finite loss stops the run here, before anything is written
             now = time.perf_counter()
-            avg = dist_utils.all_reduce_mean({k: v / n_window for k, v in window.items()}, device)
+            avg = ratios(dist_utils.all_reduce_mean({k: v / n_window for k, v in window.items()}, device))
             record = {
                 "type": "step",
                 "epoch": epoch,
@@ -397,7 +415,7 @@ def _train_one_epoch(
                 return None, step + 1
     bar.close()
     elapsed = time.perf_counter() - t_epoch
-    metrics = dist_utils.all_reduce_mean({k: v / steps for k, v in sums.items()}, device)
+    metrics = ratios(dist_utils.all_reduce_mean({k: v / steps for k, v in sums.items()}, device))
     metrics.update(lr=lr, images_per_s=steps * cfg.batch_size / elapsed, time_s=elapsed)
     skipped = getattr(dataset, "corrupt_count", lambda: 0)()
     record = {"type": "epoch", "epoch": epoch, "global_step": (epoch + 1) * steps, "mixing": mix, **metrics}

@@ -21,6 +21,14 @@ def global_batch(step: int, batch: int = 8, size: int = 32) -> tuple[torch.Tenso
     return torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)
 
 
+DDP_STEPS = 5
+
+
+def label_ids(step: int, batch: int = 8) -> torch.Tensor:
+    """A distinct label per image of :func:`global_batch` (its global index), to follow it into the queue."""
+    return torch.arange(batch) + step * batch
+
+
 def pid_of_rank(marker: str, rank: int, deadline: float) -> int:
     """The process torchrun started as ``rank`` for the run tagged with ``marker`` (read from /proc)."""
     while time.time() < deadline:

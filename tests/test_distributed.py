@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import global_batch, pid_of_rank, tiny_moco_kwargs
+from fixtures import DDP_STEPS, global_batch, label_ids, pid_of_rank, tiny_moco_kwargs
 
 from mochi.pretrain.moco import MoCo
 
@@ -29,7 +29,12 @@ def test_ddp_matches_single_process_math(tmp_path):
     ranks = run_torchrun(tmp_path, "moco")
     # queue global and identical on both ranks
     torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"], rtol=0, atol=0)
-    assert ranks[0]["queue_ptr"] == ranks[1]["queue_ptr"] == 24
+    assert ranks[0]["queue_ptr"] == ranks[1]["queue_ptr"] == (DDP_STEPS * 8) % 32
+    # The label queue holds each enqueued key's label at the key's column, on both ranks: the last step
+    # wrapped around over the first block.
+    expected_labels = torch.cat([label_ids(s) for s in (4, 1, 2, 3)])
+    for r in ranks:
+        assert torch.equal(r["queue_labels"], expected_labels)
 
     # Single process, same global batch: split BN into 2 groups = the per-rank BN of 2 processes,
     # and the same generator seed draws the same shuffle permutation.
@@ -38,28 +43,33 @@ def test_ddp_matches_single_process_math(tmp_path):
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(123)
     losses = []
-    for step in range(3):
-        out = model(*global_batch(step), False, gen)
+    for step in range(DDP_STEPS):
+        out = model(*global_batch(step), False, gen, label_ids(step))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
         losses.append(out["loss"].item())
+        if step == 2:
+            encoder_q = {k: v.detach().clone() for k, v in model.encoder_q.named_parameters()}
     # Split BN normalises both groups in one call and the convolutions see the whole batch, so sums run in
-    # another order than on two processes: float32 rounding, grown over three SGD steps through BN groups of
+    # another order than on two processes: float32 rounding, grown over the SGD steps through BN groups of
     # four images (in float64 the two single-process forms agree exactly; a wrong grouping or shuffle moves
     # the loss by > 1e-2 and a key by O(1)).
-    assert ranks[0]["losses"] == pytest.approx(losses, rel=1e-4)
-    torch.testing.assert_close(
-        ranks[0]["queue"], model.queue, rtol=0, atol=1e-3
-    )  # unit keys: a wrong key is O(1)
-    for k, v in model.encoder_q.named_parameters():
-        torch.testing.assert_close(ranks[0]["encoder_q"][k], v.detach(), rtol=1e-3, atol=1e-3)
+    assert ranks[0]["losses"] == pytest.approx(losses, rel=1e-3)
+    # Same keys at the same columns as one process, whose keys follow the batch order (test_moco.py):
+    # so each label sits beside its own image's key.
+    torch.testing.assert_close(ranks[0]["queue"], model.queue, rtol=0, atol=1e-3)
+    assert torch.equal(model.queue_labels, expected_labels)
+    for k, v in encoder_q.items():
+        torch.testing.assert_close(ranks[0]["encoder_q"][k], v, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow
 def test_ddp_mochi_keeps_the_queue_identical_on_all_ranks(tmp_path):
     ranks = run_torchrun(tmp_path, "mix")
     torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"], rtol=0, atol=0)
+    assert torch.equal(ranks[0]["queue_labels"], ranks[1]["queue_labels"])
+    assert torch.equal(ranks[0]["queue_labels"], torch.cat([label_ids(s) for s in (4, 1, 2, 3)]))
     for k in ranks[0]["encoder_q"]:
         torch.testing.assert_close(ranks[0]["encoder_q"][k], ranks[1]["encoder_q"][k], rtol=0, atol=0)
 

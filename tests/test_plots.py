@@ -10,7 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from mochi.cli import main
-from mochi.eval.plots import MIXING_GID, QUANTITIES, knn_curve, knn_series, load_run, training_curves
+from mochi.eval.plots import (
+    MIXING_GID,
+    QUANTITIES,
+    knn_curve,
+    knn_series,
+    load_run,
+    series_label,
+    training_curves,
+)
 from mochi.eval.records import load_records
 from mochi.pretrain.config import PretrainConfig
 from mochi.pretrain.train import pretrain
@@ -61,16 +69,21 @@ def panels(fig) -> dict:
 def test_curves_draw_the_metrics_values(runs):
     fig = training_curves([runs["moco"], runs["mochi"]])
     axes = panels(fig)
-    assert set(axes) == {title for _, title in QUANTITIES}  # MoCHi logged hard_sim / synthetic_sim
+    # MoCHi logged hard_sim / synthetic_sim / syn_*; labelled data: the false-negative rates
+    assert set(axes) == {title for _, title in QUANTITIES}
     for key, title in QUANTITIES:
         drawn = {line.get_label(): line for line in axes[title].get_lines() if line.get_gid() != MIXING_GID}
         for name, run_dir in runs.items():
             rows = [r for r in step_rows(run_dir) if key in r]
+            label = series_label(name, key)
             if not rows:  # MoCo-v2 has no similarities of mixed negatives: no line
-                assert name not in drawn
+                assert label not in drawn
                 continue
-            assert list(drawn[name].get_xdata()) == [r["global_step"] for r in rows]
-            assert list(drawn[name].get_ydata()) == [r[key] for r in rows]
+            assert list(drawn[label].get_xdata()) == [r["global_step"] for r in rows]
+            assert list(drawn[label].get_ydata()) == [r[key] for r in rows]
+    assert {"mochi: fn_rate_hard", "mochi: fn_rate_queue"} <= {
+        line.get_label() for line in axes[TITLES["fn_rate_hard"]].get_lines()
+    }
     # mixing starts after the warm-up epoch: at 1 × steps_per_epoch, marked for MoCHi only
     per_epoch = json.loads((runs["mochi"] / "config.json").read_text())["steps_per_epoch"]
     marks = [line for line in axes[TITLES["loss"]].get_lines() if line.get_gid() == MIXING_GID]

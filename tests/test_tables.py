@@ -377,3 +377,16 @@ def test_method_rows_average_pretraining_seeds_and_keep_recipes_apart():
     assert cell(table, labels[1], column).values == [75.0, 76.0]
     with pytest.raises(MochiError, match="unknown rows pivot 'dataset'"):
         build_table(records, rows="dataset")
+
+
+def test_oracle_runs_get_their_own_row_and_logging_options_do_not_split_a_method():
+    records = [_pretrained(70.0, 0, sha="0a" * 32), _pretrained(72.0, 1, sha="1a" * 32)]
+    # logged less, learned the same: one method
+    records[1]["evaluated"]["pretraining"] |= {"analysis": False, "analysis_n": 64}
+    oracle = _pretrained(80.0, 0, sha="0d" * 32)
+    oracle["evaluated"]["pretraining"]["oracle"] = True
+    table = build_table([*records, oracle], rows="method")
+    assert [r.label for r in table.rows] == [
+        "MoCo-v2 resnet50, 20 ep", "MoCo-v2 + class oracle resnet50, 20 ep",
+    ]  # fmt: skip
+    assert cell(table, "MoCo-v2 resnet50, 20 ep", "CIFAR-10 linear (lbfgs) top-1").n == 2

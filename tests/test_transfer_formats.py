@@ -37,6 +37,7 @@ def mochi_own(b):
     sd = {**_prefixed(b, "module.encoder_q."), **_mlp("module.encoder_q.fc.")}
     sd |= {**_prefixed(b, "module.encoder_k.", 1.0), **_mlp("module.encoder_k.fc.")}
     sd |= {"module.queue": torch.randn(16, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    sd["module.queue_labels"] = torch.full((64,), -1, dtype=torch.long)  # the label queue (newer runs)
     meta = {"format_version": 1, "config": {"arch": "resnet18", "small_stem": False}, "version": "0.1.0"}
     obj = {"epoch": 2, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}}, "mochi": meta}
     return obj, "torch", "mochi", "module.encoder_q.", "query"
@@ -217,6 +218,7 @@ def test_report_lists_head_and_ignored(backbone18, tmp_path):
     assert report.head_dropped == ["fc.0.bias", "fc.0.weight", "fc.2.bias", "fc.2.weight"]
     assert report.ignored["state_dict.module.encoder_k"] == len(backbone18) + 4
     assert report.ignored["state_dict.module.queue"] == 1
+    assert report.ignored["state_dict.module.queue_labels"] == 1  # a queue buffer, not a backbone tensor
     d = report.to_dict()
     assert d["format"] == "mochi" and d["ok"] and d["sha256"] and d["source"].endswith("c.pth")
 

@@ -70,6 +70,15 @@ PRETRAIN_FLAGS = {
     "s": flag("--mochi-s", help="MoCHi s: type-1 mixes of two hard negatives per query."),
     "s_prime": flag("--mochi-s-prime", help="MoCHi s': type-2 query mixes per query."),
     "mochi_warmup": flag("--mochi-warmup", help="Epochs of plain MoCo before mixing starts."),
+    "oracle": flag(
+        "--oracle", help="Class oracle: drop same-class queue entries from the negatives (needs labels).",
+    ),
+    "analysis": flag(
+        "--analysis/--no-analysis", help="Log positive rank, false-negative rates, synthetic-point stats.",
+    ),
+    "analysis_n": flag(
+        "--analysis-n", help="Hardest negatives per query for the false-negative rate (MoCHi: --mochi-n).",
+    ),
     "output": flag("-o", "--output", help="Run directory (config, metrics.jsonl, checkpoints)."),
     "device": flag("--device", choices=DEVICES),
     "amp": flag(
