@@ -3,8 +3,10 @@
 SLURM (``--signal=USR1@90``), submitit and ``kill`` send SIGTERM, SIGUSR1 or SIGUSR2 some time before the
 process is killed. While training, :class:`StopSignals` catches them: the handler only records the signal,
 and the loop, at the next step boundary, writes a checkpoint (atomically) and returns. Under
-``torch.distributed`` every rank asks :meth:`StopSignals.agreed` after each step (one all-reduce of a single
-number), so all ranks stop after the same step even when only one of them was signalled. The previous
+``torch.distributed`` the ranks agree through :meth:`StopSignals.agreed` (one all-reduce of a single
+number, read back on the host) at each logging step rather than after every step, so that the collective's
+host synchronisation does not stall every step; all ranks stop after the same step even when only one of them
+was signalled, at most ``--log-every`` steps after the signal. The previous
 handlers are put back when training ends, so a launcher's own handler (submitit's) runs for a signal that
 arrives before or after training.
 """
@@ -64,9 +66,16 @@ class StopSignals:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self.previous.clear()
 
-    def agreed(self, device: torch.device) -> bool:
-        """Whether any rank received a stop signal (a collective: every rank calls it at the same step)."""
+    def agreed(self, device: torch.device, due: bool = True) -> bool:
+        """Whether any rank received a stop signal (a collective: every rank calls it at the same step).
+
+        Under ``torch.distributed`` the ranks only compare when ``due`` (the caller's choice of steps, the
+        same on every rank); otherwise the previous agreement stands and no collective runs. One process
+        needs no agreement and answers at once.
+        """
         if dist_utils.is_dist() and dist_utils.world_size() > 1:
+            if not due:
+                return self.stopping
             flag = torch.tensor([0 if self.received is None else int(self.received)], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             if int(flag.item()):

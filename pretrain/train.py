@@ -396,8 +396,9 @@ def _train_one_epoch(
             }
             logger.write(record, global_step)
             window, n_window, t_window = {}, 0, now
-        stopping = stop.agreed(device)
         due = cfg.save_every_steps is not None and global_step % cfg.save_every_steps == 0
+        # Under DDP the stop agreement is a collective read back on the host: per logging step, not per step.
+        stopping = stop.agreed(device, due=(step + 1) % cfg.log_every == 0 or step + 1 == steps or due)
         if step + 1 < steps and (stopping or due):
             read_back(step + 1)  # the checkpoint's sums need every step so far
             # Under DDP the saved sums are the ranks' mean (the logged epoch mean is the same maths).

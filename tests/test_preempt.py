@@ -176,3 +176,22 @@ def test_an_external_sigterm_with_loader_workers_then_resume(tmp_path, one_threa
     res = run_cli([*ARGS, "-j", "2", "--resume", "auto", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert_same_run(reference, out)
+
+
+def test_under_ddp_the_stop_agreement_runs_only_when_due(monkeypatch):
+    """The agreement is an all-reduce read back on the host: the loop asks for it at logging steps only."""
+    from mochi import distributed as dist_utils
+
+    calls = []
+
+    def fake_all_reduce(flag, op=None):
+        calls.append(int(flag.item()))
+        flag.fill_(signal.SIGUSR1)  # another rank was signalled
+
+    monkeypatch.setattr(dist_utils, "is_dist", lambda: True)
+    monkeypatch.setattr(dist_utils, "world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    stop = StopSignals()
+    assert not stop.agreed(torch.device("cpu"), due=False) and calls == []  # no collective between
+    assert stop.agreed(torch.device("cpu"), due=True) and calls == [0]  # the other rank's signal, agreed
+    assert stop.name == "SIGUSR1" and stop.agreed(torch.device("cpu"), due=False) and calls == [0]
