@@ -80,6 +80,7 @@ def run_once(name: str, cmd: list[str], env: dict, out: Path) -> dict:
     if name == "reference":
         info = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(loop_s=info["loop_s"], images=info["images"], threads=info["threads"])
+        row.update({k: info[k] for k in ("startup_s", "first_batch_s", "checkpoint_s")})
     else:
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         epoch = [x for x in lines if x["type"] == "epoch"][-1]
