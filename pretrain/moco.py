@@ -82,7 +82,6 @@ class MoCo(nn.Module):
         self.queue_size = queue_size
         self.momentum = momentum
         self.temperature = temperature
-        self.bn_splits = bn_splits
         self.mochi = mochi
         self.analysis_n = None if analysis_n is None else min(analysis_n, queue_size)
         self.oracle = oracle

@@ -5,7 +5,8 @@ image. Across GPUs every process normalises its own slice of the (shuffled) batc
 cut into ``splits`` contiguous groups and each group is normalised with its own mean and variance.
 
 Running the whole encoder once per group gives that, but with groups of 8 or 16 images every convolution
-runs on a fraction of the batch, which costs 20-90% more per step on CPU (``benchmarks/bench_split_bn.py``).
+runs on a fraction of the batch: 7% (batch 128, 4 groups) to 49% (batch 64, 8 groups) more time per encoder
+step on one CPU thread (``benchmarks/bench_split_bn.py``).
 :class:`SplitBatchNorm2d` instead splits only the normalisation: the convolutions see the whole batch, and the
 output equals the per-group encoder's output. Its running statistics are updated once per step with the mean
 of the groups' statistics (momentum applied once, as one BN layer of a multi-GPU run updates once per step).
