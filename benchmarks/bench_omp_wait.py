@@ -86,14 +86,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--omp-threads", type=int, default=None,
-        help="force this many intra-op threads (OMP_NUM_THREADS); default: mochi's choice (cores - workers)",
+        help="force this many intra-op threads (OMP_NUM_THREADS); default: mochi's choice",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "omp_wait_cpu.json")
     args = ap.parse_args()
     result = {
         "what": "mochi pretrain, whole process: OMP_WAIT_POLICY ACTIVE (spinning) vs PASSIVE",
         "run": " ".join(ARGS),
-        "intra_op_threads": args.omp_threads or "chosen by mochi (cores - loader workers)",
+        "intra_op_threads": args.omp_threads or "chosen by mochi",
         "quiet": measure(args.repeats, loaded=False, threads=args.omp_threads),
         "loaded": measure(args.repeats, loaded=True, threads=args.omp_threads),
         "machine": {"cpus": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)},

@@ -14,12 +14,15 @@ Variants of our side separate the causes of a gap:
 
     python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco               # default config
     python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco --config plain  # no blur, 1 BN
+    python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco --config plain --busy 2 \
+        --threads 1,2   # on cores shared with two other busy processes (a shared box)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -65,6 +68,11 @@ def reference(a, cfg: dict, out: Path) -> tuple[list[str], dict]:
     return cmd, env
 
 
+def _busy() -> None:
+    while True:
+        pass
+
+
 def run_once(name: str, cmd: list[str], env: dict, out: Path) -> dict:
     t0 = time.perf_counter()
     cpu0 = os.times()
@@ -107,7 +115,10 @@ def main() -> None:
     p.add_argument("--moco-k", type=int, default=4096)
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument(
-        "--threads", default="2", help="comma-separated OMP_NUM_THREADS variants of our side ('' for none)"
+        "--threads", default="1", help="comma-separated OMP_NUM_THREADS variants of our side ('' for none)"
+    )
+    p.add_argument(
+        "--busy", type=int, default=0, help="run this many busy processes beside every run (a shared machine)"
     )
     p.add_argument(
         "--out",
@@ -124,23 +135,31 @@ def main() -> None:
     variants = ["mochi", *[f"mochi-threads={t}" for t in a.threads.split(",") if t.strip()], "reference"]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     load_start = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.runs):
-            for v in variants:
-                out = Path(tmp) / f"{v}-{r}"
-                out.mkdir()
-                if v == "reference":
-                    cmd, env = reference(a, cfg, out)
-                else:
-                    threads = int(v.split("=")[1]) if "=" in v else None
-                    cmd, env = ours(a, cfg, out, threads)
-                row = run_once("reference" if v == "reference" else "mochi", cmd, env, out)
-                runs[v].append(row)
-                print(
-                    f"run {r} {v}: wall {row['wall_s']:.1f} s, loop {row['images_per_s_loop']:.1f} img/s, "
-                    f"threads {row['threads']}",
-                    file=sys.stderr,
-                )
+    hogs = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(a.busy)]
+    for h in hogs:
+        h.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(a.runs):
+                for v in variants:
+                    out = Path(tmp) / f"{v}-{r}"
+                    out.mkdir()
+                    if v == "reference":
+                        cmd, env = reference(a, cfg, out)
+                    else:
+                        threads = int(v.split("=")[1]) if "=" in v else None
+                        cmd, env = ours(a, cfg, out, threads)
+                    row = run_once("reference" if v == "reference" else "mochi", cmd, env, out)
+                    runs[v].append(row)
+                    print(
+                        f"run {r} {v}: wall {row['wall_s']:.1f} s, "
+                        f"loop {row['images_per_s_loop']:.1f} img/s, threads {row['threads']}",
+                        file=sys.stderr,
+                    )
+        load_end = os.getloadavg()[0]
+    finally:
+        for h in hogs:
+            h.terminate()
 
     def med(v: str, key: str) -> float:
         return statistics.median(x[key] for x in runs[v])
@@ -186,14 +205,16 @@ def main() -> None:
             "cpu_model": cpu_model,
             "cpus": os.cpu_count(),
             "load_average_1m_at_start": load_start,
-            "load_average_1m_at_end": os.getloadavg()[0],
+            "load_average_1m_at_end": load_end,
+            "busy_processes_beside": a.busy,
         },
         "ratio_note": "> 1: ours has the higher throughput; medians over the runs",
         "ratios": ratios,
         "median": summary,
         "runs": runs,
     }
-    out = a.out or HERE / "results" / f"pretrain_reference_{a.config}.json"
+    busy = f"_busy{a.busy}" if a.busy else ""
+    out = a.out or HERE / "results" / f"pretrain_reference_{a.config}{busy}.json"
     atomic_write_json(out, result)
     print(json.dumps({"ratios": ratios, "median": summary}, indent=2))
 

@@ -13,8 +13,8 @@ MOCHI=.venv/bin/mochi
 
 # Small-data settings (see README): ResNet-18 at 32 px, queue 4096, key momentum 0.99 as in MoCo's
 # CIFAR recipe (0.999 barely moves the key encoder in a few hundred steps), split BN in 4 groups.
-# -j 0: augmenting 28 px images costs far less than the step, so both cores go to the maths (two
-# intra-op threads) instead of one thread beside two mostly idle loader workers.
+# -j 0: augmenting 28 px images costs far less than the step, so the loader runs in the main process
+# between steps and both cores go to the maths.
 COMMON=(--data fashion-mnist-embedded -a resnet18 --image-size 32 --aug aug-plus-small --epochs 3
         -b 128 --moco-k 4096 --moco-m 0.99 --bn-splits 4 -j 0 --seed 0 --resume auto)
 
