@@ -110,9 +110,9 @@ MINI = (
 )  # fmt: skip
 
 # The CPU-scale study on the embedded Fashion-MNIST subset (docs/fashion_mnist_study.md): ResNet-18 at 32 px
-# with the exploration's best recipe so far (try e12 of docs/fashion_mnist_study.md#lab-notebook: one seed,
-# about a point above random init, below the raw pixels): a 4,000-image pretraining subset drawn with the
-# run's seed, K 1024 (a quarter of it), lr 0.03, T 0.2, 20 epochs; three pretraining seeds of MoCo-v2
+# with the exploration's best recipe so far (tries e12-e13 of docs/fashion_mnist_study.md: two seeds, level
+# with random init on kNN, above it on lbfgs, below the raw pixels): a 4,000-image pretraining subset drawn
+# with the run's seed, K 1024 (a quarter of it), lr 0.03, T 0.2, 20 epochs; three pretraining seeds of MoCo-v2
 # and of two MoCHi settings, against random init and the raw pixels, evaluated on the whole embedded split
 # (10k train / 2k test). MoCHi's N <= K = 1024; mixing from the third epoch.
 FMNIST_EPOCHS = 20
