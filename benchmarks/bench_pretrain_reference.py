@@ -14,8 +14,8 @@ Variants of our side separate the causes of a gap:
 
     python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco               # default config
     python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco --config plain  # no blur, 1 BN
-    python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco --config plain --busy 2 \
-        --threads 1,2   # on cores shared with two other busy processes (a shared box)
+    python benchmarks/bench_pretrain_reference.py --reference PATH/TO/moco --config plain --busy 2
+        # the same beside two busy processes (a shared machine)
 """
 
 from __future__ import annotations
