@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,68 @@ def test_every_plan_is_written_down_in_the_protocol_docs():
     assert "16384" in section and "53 hours" in section
 
 
+def test_concurrent_slots_share_out_the_gpus_or_the_cores():
+    cpu = reproduce.slot_envs(2, 1, [], cores=2, environ={"PATH": "/bin"})
+    assert [e["OMP_NUM_THREADS"] for e in cpu] == ["1", "1"] and all(
+        "CUDA_VISIBLE_DEVICES" not in e for e in cpu
+    )
+    assert reproduce.slot_envs(3, 1, [], cores=16, environ={})[0]["OMP_NUM_THREADS"] == "5"
+    assert reproduce.slot_envs(4, 1, [], cores=2, environ={})[3]["OMP_NUM_THREADS"] == "1"  # at least one
+    mine = reproduce.slot_envs(2, 1, [], cores=16, environ={"OMP_NUM_THREADS": "3"})
+    assert [e["OMP_NUM_THREADS"] for e in mine] == ["3", "3"]  # the user's setting wins
+    gpus = reproduce.slot_envs(4, 2, [str(i) for i in range(8)], cores=64, environ={})
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpus] == ["0,1", "2,3", "4,5", "6,7"]
+    assert reproduce.slot_envs(2, 1, ["3", "5"], cores=8, environ={})[1]["CUDA_VISIBLE_DEVICES"] == "5"
+    with pytest.raises(ValueError, match="--jobs 3 x --nproc-per-node 2 needs 6 GPUs, this machine shows 4"):
+        reproduce.slot_envs(3, 2, ["0", "1", "2", "3"], cores=8, environ={})
+
+
+def _marker_command(tmp_path: Path, name: str, wait_for: str | None = None, code: int = 0) -> list[str]:
+    """A command that writes NAME (its OMP_NUM_THREADS), optionally waits up to 30 s for another's file to
+    exist (it fails if that never happens), then exits with ``code``."""
+    script = (
+        "import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); "
+        "(d / sys.argv[2]).write_text(os.environ.get('OMP_NUM_THREADS', '')); "
+        "print('hello from', sys.argv[2]); "
+        "w = sys.argv[3]; t = time.time()\n"
+        "while w and not (d / w).exists():\n"
+        "    time.sleep(0.05)\n"
+        "    if time.time() - t > 30: sys.exit('never saw ' + w)\n"
+        "sys.exit(int(sys.argv[4]))"
+    )
+    return [sys.executable, "-c", script, str(tmp_path), name, wait_for or "", str(code)]
+
+
+def test_jobs_run_side_by_side_each_in_its_slot(tmp_path):
+    # Each waits for the other's file: they pass only if both run at the same time.
+    cmds = [_marker_command(tmp_path, "a", "b"), _marker_command(tmp_path, "b", "a")]
+    envs = reproduce.slot_envs(2, 1, [], cores=2, environ=dict(os.environ, OMP_NUM_THREADS="7"))
+    envs[0]["OMP_NUM_THREADS"], envs[1]["OMP_NUM_THREADS"] = "10", "11"
+    failures = reproduce.run_concurrently(cmds, ["run-a", "run-b"], envs, tmp_path / "logs")
+    assert failures == []
+    assert {(tmp_path / "a").read_text(), (tmp_path / "b").read_text()} == {"10", "11"}  # one slot each
+    assert "hello from a" in (tmp_path / "logs" / "run-a.log").read_text()
+
+
+def test_after_a_failure_nothing_new_starts(tmp_path, capsys):
+    cmds = [_marker_command(tmp_path, "a", code=3), _marker_command(tmp_path, "b")]
+    envs = reproduce.slot_envs(1, 1, [], cores=2, environ=dict(os.environ))
+    failures = reproduce.run_concurrently(cmds, ["run-a", "run-b"], envs, tmp_path / "logs")
+    assert failures == [f"run-a (exit 3; log {tmp_path / 'logs' / 'run-a.log'})"]
+    assert (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert "FAILED (exit 3): run-a" in capsys.readouterr().out
+
+
+def test_jobs_options_are_checked(tmp_path):
+    done = _run("mini", "-o", str(tmp_path / "x"), "--jobs", "0")
+    assert done.returncode == 2 and "--jobs 0 / --nproc-per-node 1: both must be at least 1" in done.stderr
+    done = _run("mini", "-o", str(tmp_path / "x"), "--jobs", "2", "--launcher", "slurm")
+    assert done.returncode == 2 and "--jobs 2 is for --launcher local" in done.stderr
+    assert not (tmp_path / "x").exists()
+    done = _run("mini", "-o", str(tmp_path / "x"), "--jobs", "2", "--dry-run")
+    assert done.returncode == 0 and "# pretraining 2 runs at a time" in done.stdout
+
+
 def test_the_submitit_job_requeues_the_same_command():
     pytest.importorskip("submitit")
     from mochi.cli.slurm import CommandJob
@@ -125,15 +188,20 @@ def test_submitit_local_executor_runs_every_stage_in_order(tmp_path):
 
 @pytest.mark.slow
 def test_mini_sh_runs_the_whole_path_on_the_embedded_data(tmp_path):
-    """scripts/reproduce/mini.sh: two methods pretrained, the suite with two seeds, the table."""
+    """scripts/reproduce/mini.sh: two methods pretrained side by side (--jobs 2), the suite with two seeds,
+    the table."""
     out = tmp_path / "mini"
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "reproduce" / "mini.sh"), "-o", str(out)],
+        ["bash", str(ROOT / "scripts" / "reproduce" / "mini.sh"), "-o", str(out), "--jobs", "2"],
         capture_output=True, text=True, check=False, env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for run in ("moco-v2", "mochi"):
         assert (out / "pretrain" / run / "checkpoint_0001.pth.tar").is_file()
+        assert f"done: {run} in " in done.stdout and (out / "logs" / f"{run}.log").is_file()
+        threads = json.loads((out / "pretrain" / run / "config.json").read_text())["intra_op_threads"]
+        share = max(1, len(os.sched_getaffinity(0)) // 2)  # two runs at a time: half the cores each
+        assert threads == int(os.environ.get("OMP_NUM_THREADS", share))
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     labels = ["moco-v2/checkpoint_0001.pth.tar", "mochi/checkpoint_0001.pth.tar", "random-init resnet18"]
     assert [r["backbone"] for r in rows] == labels

@@ -11,7 +11,9 @@ command finishes an interrupted reproduction:
 3. `mochi table` over every suite's records (Markdown, LaTeX, CSV), `mochi plot` bars of the table and
    the training curves of every run.
 
-``--launcher local`` runs the stages one after the other on this machine (torchrun for pretraining).
+``--launcher local`` runs the stages one after the other on this machine (torchrun for pretraining);
+``--jobs N`` pretrains N runs at a time, each with its share of the GPUs (``CUDA_VISIBLE_DEVICES``) or, on a
+CPU machine, of the cores (``OMP_NUM_THREADS``), and its output in ``DIR/logs/RUN.log``.
 ``--launcher slurm`` submits them through submitit (``pip install 'mochi-ssl[slurm]'``): a job array per
 stage, each stage depending on the previous one (afterok), pretraining jobs requeueing themselves when
 preempted. ``--dry-run`` prints every command and the expected GPU-hours, and runs nothing.
@@ -24,6 +26,9 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +47,7 @@ class Stage:
     commands: list[list[str]]
     distributed: bool = False  # pretraining: one process per GPU (torchrun / SLURM tasks)
     gpu_hours: list[float | None] | None = None
+    labels: list[str] | None = None  # one name per command (its log file under --jobs)
 
 
 def checkpoint_path(out: Path, run_name: str, epochs: int) -> Path:
@@ -58,6 +64,7 @@ def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
          for run in plan.runs],
         distributed=True,
         gpu_hours=[run.gpu_hours for run in plan.runs],
+        labels=[run.name for run in plan.runs],
     )  # fmt: skip
     checkpoints = [str(checkpoint_path(out, run.name, run.epochs)) for run in plan.runs]
     suites = []
@@ -91,6 +98,9 @@ def local_command(stage: Stage, argv: list[str], nproc: int) -> list[str]:
 def dry_run(plan: Plan, stages: list[Stage], args: argparse.Namespace) -> None:
     print(f"# {plan.name}: {plan.title}")
     print(f"# launcher {args.launcher}; settings and sources: docs/protocols.md#reproduction-tables")
+    if args.jobs > 1:
+        print(f"# pretraining {args.jobs} runs at a time, each with its share of the GPUs or CPU cores; "
+              f"logs in {Path(args.output) / 'logs'}")  # fmt: skip
     total = 0.0
     for stage in stages:
         print(
@@ -107,8 +117,103 @@ def dry_run(plan: Plan, stages: list[Stage], args: argparse.Namespace) -> None:
           "ImageNet-1k epochs, scaled by images x epochs); suites and detection not estimated")  # fmt: skip
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this machine lets us use, as CUDA_VISIBLE_DEVICES entries ([] on a CPU machine)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def slot_envs(jobs: int, nproc: int, gpus: list[str], cores: int, environ: dict[str, str]) -> list[dict]:
+    """The environment of each of ``jobs`` concurrent pretraining slots of ``nproc`` processes: disjoint
+    GPUs where there are GPUs, else an equal share of the cores as intra-op threads (a user's
+    OMP_NUM_THREADS wins). Raises ValueError when the GPUs cannot be shared out."""
+    envs = []
+    for slot in range(jobs):
+        env = dict(environ)
+        if gpus:
+            if jobs * nproc > len(gpus):
+                raise ValueError(
+                    f"--jobs {jobs} x --nproc-per-node {nproc} needs {jobs * nproc} GPUs, this machine "
+                    f"shows {len(gpus)}: lower --jobs (or --nproc-per-node)"
+                )
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[slot * nproc : (slot + 1) * nproc])
+        elif "OMP_NUM_THREADS" not in environ:
+            env["OMP_NUM_THREADS"] = str(max(1, cores // (jobs * nproc)))
+        envs.append(env)
+    return envs
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m{s:02d}s" if minutes >= 60 else f"{minutes}m{s:02d}s"
+
+
+def run_concurrently(
+    commands: list[list[str]], labels: list[str], envs: list[dict], log_dir: Path
+) -> list[str]:
+    """Run ``commands`` with ``len(envs)`` at a time, each in a free slot's environment, its output in
+    ``log_dir/LABEL.log``; prints a line as each starts and ends. After a failure nothing new starts (the
+    running ones finish, their work kept). Returns the failures, one line each."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    free = list(range(len(envs)))
+    lock = threading.Lock()
+    failures: list[str] = []
+    finished = [0]
+    t0 = time.monotonic()
+
+    def one(cmd: list[str], label: str) -> None:
+        with lock:
+            if failures:
+                return
+            slot = free.pop()
+        log = log_dir / f"{label}.log"
+        print(f"[pretrain] start {label} (slot {slot}; log {log})", flush=True)
+        start = time.monotonic()
+        try:
+            with open(log, "ab") as f:
+                f.write(f"$ {shlex.join(cmd)}\n".encode())
+                f.flush()
+                code = subprocess.run(
+                    cmd, env=envs[slot], stdout=f, stderr=subprocess.STDOUT, check=False
+                ).returncode
+        finally:
+            with lock:
+                free.append(slot)
+        with lock:
+            finished[0] += 1
+            took = _duration(time.monotonic() - start)
+            if code != 0:
+                failures.append(f"{label} (exit {code}; log {log})")
+            status = "done" if code == 0 else f"FAILED (exit {code})"
+            print(f"[pretrain] {status}: {label} in {took}; {finished[0]}/{len(commands)} finished, "
+                  f"{_duration(time.monotonic() - t0)} elapsed", flush=True)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=len(envs)) as pool:
+        for future in [pool.submit(one, cmd, label) for cmd, label in zip(commands, labels, strict=True)]:
+            future.result()
+    return failures
+
+
 def run_local(stages: list[Stage], args: argparse.Namespace) -> None:
     for stage in stages:
+        if stage.distributed and args.jobs > 1:
+            from mochi.distributed import usable_cores
+
+            try:
+                envs = slot_envs(
+                    args.jobs, args.nproc_per_node, visible_gpus(), usable_cores(), dict(os.environ)
+                )
+            except ValueError as err:
+                sys.exit(f"reproduce: {err}")
+            cmds = [local_command(stage, argv, args.nproc_per_node) for argv in stage.commands]
+            failed = run_concurrently(cmds, stage.labels, envs, Path(args.output) / "logs")
+            if failed:
+                sys.exit(f"reproduce: stage {stage.name} failed: {'; '.join(failed)}\n"
+                         "fix the cause and run the same command again: finished work is kept")  # fmt: skip
+            continue
         for argv in stage.commands:
             cmd = local_command(stage, argv, args.nproc_per_node)
             print(f"[{stage.name}] {shlex.join(cmd)}", flush=True)
@@ -168,6 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="Print every command and the GPU-hours; run nothing"
     )
     p.add_argument("--nproc-per-node", type=int, default=1, help="local: pretraining processes (GPUs)")
+    p.add_argument(
+        "--jobs", type=int, default=1,
+        help="local: pretraining runs at a time, each with its share of the GPUs or the CPU cores",
+    )  # fmt: skip
     p.add_argument("--nodes", type=int, default=1, help="slurm: nodes per pretraining job")
     p.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per node (one task each)")
     p.add_argument("--partition", help="slurm: partition")
@@ -184,6 +293,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "detectron2" in plan.needs and not args.dry_run and not os.environ.get("DETECTRON2_DATASETS"):
         p.error(f"plan {plan.name} fine-tunes detectors: set DETECTRON2_DATASETS to the folder holding "
                 "VOC2007/, VOC2012/ and coco/ (Detectron2's convention)")  # fmt: skip
+    if args.jobs < 1 or args.nproc_per_node < 1:
+        p.error(f"--jobs {args.jobs} / --nproc-per-node {args.nproc_per_node}: both must be at least 1")
+    if args.jobs > 1 and args.launcher != "local":
+        p.error(f"--jobs {args.jobs} is for --launcher local: SLURM already runs a stage's jobs side by side")
     if args.launcher == "slurm" and args.cluster is None:
         args.cluster = "slurm"
     return args
