@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,26 @@ def test_after_a_failure_nothing_new_starts(tmp_path, capsys):
     assert failures == [f"run-a (exit 3; log {tmp_path / 'logs' / 'run-a.log'})"]
     assert (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert "FAILED (exit 3): run-a" in capsys.readouterr().out
+
+
+def test_an_interruption_starts_nothing_new(tmp_path):
+    import signal
+    import threading
+
+    def interrupt_once_a_started():
+        while not (tmp_path / "a").exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends this process
+
+    cmds = [_marker_command(tmp_path, "a", "go"), _marker_command(tmp_path, "b")]
+    envs = reproduce.slot_envs(1, 1, [], cores=2, environ=dict(os.environ))
+    watcher = threading.Thread(target=interrupt_once_a_started)
+    watcher.start()
+    threading.Timer(2.0, lambda: (tmp_path / "go").touch()).start()  # then let the running one finish
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run_concurrently(cmds, ["run-a", "run-b"], envs, tmp_path / "logs")
+    watcher.join()
+    assert (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_jobs_options_are_checked(tmp_path):

@@ -155,18 +155,18 @@ def run_concurrently(
     commands: list[list[str]], labels: list[str], envs: list[dict], log_dir: Path
 ) -> list[str]:
     """Run ``commands`` with ``len(envs)`` at a time, each in a free slot's environment, its output in
-    ``log_dir/LABEL.log``; prints a line as each starts and ends. After a failure nothing new starts (the
-    running ones finish, their work kept). Returns the failures, one line each."""
+    ``log_dir/LABEL.log``; prints a line as each starts and ends. After a failure or an interruption (Ctrl-C)
+    nothing new starts (the running ones finish, their work kept). Returns the failures, one line each."""
     log_dir.mkdir(parents=True, exist_ok=True)
     free = list(range(len(envs)))
     lock = threading.Lock()
     failures: list[str] = []
-    finished = [0]
+    finished, stopping = [0], [False]
     t0 = time.monotonic()
 
     def one(cmd: list[str], label: str) -> None:
         with lock:
-            if failures:
+            if failures or stopping[0]:
                 return
             slot = free.pop()
         log = log_dir / f"{label}.log"
@@ -191,9 +191,17 @@ def run_concurrently(
             print(f"[pretrain] {status}: {label} in {took}; {finished[0]}/{len(commands)} finished, "
                   f"{_duration(time.monotonic() - t0)} elapsed", flush=True)  # fmt: skip
 
-    with ThreadPoolExecutor(max_workers=len(envs)) as pool:
-        for future in [pool.submit(one, cmd, label) for cmd, label in zip(commands, labels, strict=True)]:
+    pool = ThreadPoolExecutor(max_workers=len(envs))
+    futures = [pool.submit(one, cmd, label) for cmd, label in zip(commands, labels, strict=True)]
+    try:
+        for future in futures:
             future.result()
+    except BaseException:  # Ctrl-C: start nothing new, let the running runs stop (they get the SIGINT too)
+        with lock:
+            stopping[0] = True
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return failures
 
 
