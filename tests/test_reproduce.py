@@ -60,8 +60,9 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
         assert sum(f"--seed {seed} " in line for line in pretrain) == 3
     assert sum("--mochi-n 512 --mochi-s 512 --mochi-s-prime 128" in line for line in pretrain) == 3
     assert all("--aug grey-small" in line and "--data fashion-mnist-embedded" in line for line in pretrain)
+    assert all(" -b 64 " in line and " --epochs 40 " in line for line in pretrain)  # e15's recipe
     (suite,) = [line for line in lines if " -m mochi suite " in line]
-    assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0019.pth.tar") == 9
+    assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0039.pth.tar") == 9
     assert "--limit-train" not in suite  # the whole embedded split
     tables = [line for line in lines if " -m mochi table " in line or " plot bars " in line]
     assert len(tables) == 4 and all("--rows method" in line for line in tables)
