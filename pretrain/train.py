@@ -98,7 +98,7 @@ def pretrain(
     device = dist_utils.resolve_device(cfg.device)
     dist_utils.init_from_env(device.type)
     threads = torch.get_num_threads()
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the user's choice wins
+    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # the user's choice wins
         torch.set_num_threads(dist_utils.intra_op_threads())
     try:
         return _pretrain(cfg, device, show_progress, stop_signals)

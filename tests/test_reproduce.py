@@ -95,6 +95,8 @@ def test_concurrent_slots_share_out_the_gpus_or_the_cores():
     )
     assert reproduce.slot_envs(3, 1, [], cores=16, environ={})[0]["OMP_NUM_THREADS"] == "5"
     assert reproduce.slot_envs(4, 1, [], cores=2, environ={})[3]["OMP_NUM_THREADS"] == "1"  # at least one
+    empty = reproduce.slot_envs(2, 1, [], cores=16, environ={"OMP_NUM_THREADS": ""})
+    assert [e["OMP_NUM_THREADS"] for e in empty] == ["8", "8"]  # set but empty: not a choice
     mine = reproduce.slot_envs(2, 1, [], cores=16, environ={"OMP_NUM_THREADS": "3"})
     assert [e["OMP_NUM_THREADS"] for e in mine] == ["3", "3"]  # the user's setting wins
     gpus = reproduce.slot_envs(4, 2, [str(i) for i in range(8)], cores=64, environ={})
@@ -223,7 +225,7 @@ def test_mini_sh_runs_the_whole_path_on_the_embedded_data(tmp_path):
         assert f"done: {run} in " in done.stdout and (out / "logs" / f"{run}.log").is_file()
         threads = json.loads((out / "pretrain" / run / "config.json").read_text())["intra_op_threads"]
         share = max(1, len(os.sched_getaffinity(0)) // 2)  # two runs at a time: half the cores each
-        assert threads == int(os.environ.get("OMP_NUM_THREADS", share))
+        assert threads == int(os.environ.get("OMP_NUM_THREADS") or share)
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     labels = ["moco-v2/checkpoint_0001.pth.tar", "mochi/checkpoint_0001.pth.tar", "random-init resnet18"]
     assert [r["backbone"] for r in rows] == labels

@@ -140,7 +140,7 @@ def slot_envs(jobs: int, nproc: int, gpus: list[str], cores: int, environ: dict[
                     f"shows {len(gpus)}: lower --jobs (or --nproc-per-node)"
                 )
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[slot * nproc : (slot + 1) * nproc])
-        elif "OMP_NUM_THREADS" not in environ:
+        elif not environ.get("OMP_NUM_THREADS"):  # unset or empty
             env["OMP_NUM_THREADS"] = str(max(1, cores // (jobs * nproc)))
         envs.append(env)
     return envs
