@@ -61,6 +61,7 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
     assert sum("--mochi-n 512 --mochi-s 512 --mochi-s-prime 128" in line for line in pretrain) == 3
     assert all("--aug grey-small" in line and "--data fashion-mnist-embedded" in line for line in pretrain)
     assert all(" -b 64 " in line and " --epochs 40 " in line for line in pretrain)  # e15's recipe
+    assert all(" --keep-last 2 " in line for line in pretrain)  # 9 x 40 full checkpoints would take 50 GB
     (suite,) = [line for line in lines if " -m mochi suite " in line]
     assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0039.pth.tar") == 9
     assert "--limit-train" not in suite  # the whole embedded split
