@@ -163,6 +163,92 @@ def test_an_interruption_starts_nothing_new(tmp_path):
     assert (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.fixture
+def stop_handlers():
+    """reproduce.stop_on_signals() for one test, pytest's own handlers back afterwards."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in reproduce.STOP_SIGNALS}
+    reproduce.stop_on_signals()
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def _stoppable_command(tmp_path: Path, name: str) -> list[str]:
+    """A command that writes NAME, then runs until SIGTERM, which it answers like `mochi pretrain`: it writes
+    NAME.stopped and exits 0 (after 30 s without one it fails)."""
+    script = (
+        "import signal, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); n = sys.argv[2]\n"
+        "def stop(signum, frame):\n"
+        "    (d / (n + '.stopped')).write_text(signal.Signals(signum).name); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop); (d / n).write_text('started'); t = time.time()\n"
+        "while time.time() - t < 30: time.sleep(0.02)\n"
+        "sys.exit('never stopped')"
+    )
+    return [sys.executable, "-c", script, str(tmp_path), name]
+
+
+def _sigterm_once(path: Path):
+    import signal
+    import threading
+
+    def send():
+        while not path.exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` or a job's time limit sends this process
+
+    watcher = threading.Thread(target=send)
+    watcher.start()
+    return watcher
+
+
+def test_a_stop_signal_is_passed_on_to_the_running_runs(tmp_path, stop_handlers):
+    cmds = [_stoppable_command(tmp_path, "a"), _stoppable_command(tmp_path, "b")]
+    envs = reproduce.slot_envs(1, 1, [], cores=2, environ=dict(os.environ))
+    watcher = _sigterm_once(tmp_path / "a")
+    with pytest.raises(reproduce.Stopped, match="SIGTERM"):
+        reproduce.run_concurrently(cmds, ["run-a", "run-b"], envs, tmp_path / "logs")
+    watcher.join()
+    assert (tmp_path / "a.stopped").read_text() == "SIGTERM"  # stopped, not left running
+    assert not (tmp_path / "b").exists()  # and nothing new started
+
+
+def test_a_stop_signal_reaches_a_stage_run_one_after_the_other(tmp_path, stop_handlers, monkeypatch):
+    import argparse
+
+    monkeypatch.setattr(
+        reproduce, "local_command", lambda stage, argv, n: _stoppable_command(tmp_path, argv[0])
+    )
+    stages = [reproduce.Stage("suites", [["a"], ["b"]])]
+    watcher = _sigterm_once(tmp_path / "a")
+    with pytest.raises(reproduce.Stopped):
+        reproduce.run_local(stages, argparse.Namespace(jobs=1, nproc_per_node=1, output=str(tmp_path)))
+    watcher.join()
+    assert (tmp_path / "a.stopped").read_text() == "SIGTERM" and not (tmp_path / "b").exists()
+
+
+def test_reproduce_stopped_by_a_signal_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in reproduce.STOP_SIGNALS}
+
+    def stopped_while_running(stages, args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    monkeypatch.setattr(reproduce, "run_local", stopped_while_running)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            reproduce.main(["mini", "-o", str(tmp_path / "out")])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "reproduce: stopped by SIGTERM" in err and "run the same command again to go on" in err
+
+
 def test_jobs_options_are_checked(tmp_path):
     done = _run("mini", "-o", str(tmp_path / "x"), "--jobs", "0")
     assert done.returncode == 2 and "--jobs 0 / --nproc-per-node 1: both must be at least 1" in done.stderr

@@ -17,6 +17,8 @@ CPU machine, of the cores (``OMP_NUM_THREADS``), and its output in ``DIR/logs/RU
 ``--launcher slurm`` submits them through submitit (``pip install 'mochi-ssl[slurm]'``): a job array per
 stage, each stage depending on the previous one (afterok), pretraining jobs requeueing themselves when
 preempted. ``--dry-run`` prints every command and the expected GPU-hours, and runs nothing.
+Locally, SIGTERM and SIGHUP are passed on to the running stages (pretraining stops with a checkpoint) and
+nothing new starts, as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -146,6 +149,40 @@ def slot_envs(jobs: int, nproc: int, gpus: list[str], cores: int, environ: dict[
     return envs
 
 
+class Stopped(Exception):
+    """A stop signal (SIGTERM: ``kill``, a job's time limit; SIGHUP: the terminal closed) reached this
+    process; the handler of :func:`stop_on_signals` raises it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Stopped` in the main thread. Unlike Ctrl-C, which the terminal
+    sends to every process of the group, these reach this process alone: whoever catches ``Stopped`` passes
+    the signal on to the running children (pretraining stops after its step, with a checkpoint)."""
+
+    def raise_stopped(signum, frame):
+        raise Stopped(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, raise_stopped)
+
+
+def _pass_on(err: BaseException, procs) -> None:
+    """Send a stop signal on to ``procs`` (Ctrl-C reached them already) and wait for each to end."""
+    if isinstance(err, Stopped):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(err.signum)
+    for proc in procs:
+        proc.wait()
+
+
 def _duration(seconds: float) -> str:
     minutes, s = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m{s:02d}s" if minutes >= 60 else f"{minutes}m{s:02d}s"
@@ -155,12 +192,14 @@ def run_concurrently(
     commands: list[list[str]], labels: list[str], envs: list[dict], log_dir: Path
 ) -> list[str]:
     """Run ``commands`` with ``len(envs)`` at a time, each in a free slot's environment, its output in
-    ``log_dir/LABEL.log``; prints a line as each starts and ends. After a failure or an interruption (Ctrl-C)
-    nothing new starts (the running ones finish, their work kept). Returns the failures, one line each."""
+    ``log_dir/LABEL.log``; prints a line as each starts and ends. After a failure or an interruption (Ctrl-C,
+    or :class:`Stopped`, which is passed on to the running ones) nothing new starts and the running ones
+    finish or stop, their work kept. Returns the failures, one line each."""
     log_dir.mkdir(parents=True, exist_ok=True)
     free = list(range(len(envs)))
     lock = threading.Lock()
     failures: list[str] = []
+    running: list[subprocess.Popen] = []
     finished, stopping = [0], [False]
     t0 = time.monotonic()
 
@@ -176,9 +215,12 @@ def run_concurrently(
             with open(log, "ab") as f:
                 f.write(f"$ {shlex.join(cmd)}\n".encode())
                 f.flush()
-                code = subprocess.run(
-                    cmd, env=envs[slot], stdout=f, stderr=subprocess.STDOUT, check=False
-                ).returncode
+                with lock:
+                    if stopping[0]:  # stopped while this one was on its way
+                        return
+                    proc = subprocess.Popen(cmd, env=envs[slot], stdout=f, stderr=subprocess.STDOUT)
+                    running.append(proc)
+                code = proc.wait()
         finally:
             with lock:
                 free.append(slot)
@@ -196,9 +238,11 @@ def run_concurrently(
     try:
         for future in futures:
             future.result()
-    except BaseException:  # Ctrl-C: start nothing new, let the running runs stop (they get the SIGINT too)
+    except BaseException as err:  # Ctrl-C or Stopped: start nothing new, let the running runs stop
         with lock:
             stopping[0] = True
+            started = list(running)
+        _pass_on(err, started)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
@@ -225,9 +269,14 @@ def run_local(stages: list[Stage], args: argparse.Namespace) -> None:
         for argv in stage.commands:
             cmd = local_command(stage, argv, args.nproc_per_node)
             print(f"[{stage.name}] {shlex.join(cmd)}", flush=True)
-            done = subprocess.run(cmd, check=False)
-            if done.returncode != 0:
-                sys.exit(f"reproduce: stage {stage.name} failed (exit {done.returncode}): {shlex.join(cmd)}\n"
+            proc = subprocess.Popen(cmd)
+            try:
+                code = proc.wait()
+            except BaseException as err:
+                _pass_on(err, [proc])
+                raise
+            if code != 0:
+                sys.exit(f"reproduce: stage {stage.name} failed (exit {code}): {shlex.join(cmd)}\n"
                          "fix the cause and run the same command again: finished work is kept")  # fmt: skip
 
 
@@ -317,7 +366,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         dry_run(plan, stages, args)
     elif args.launcher == "local":
-        run_local(stages, args)
+        stop_on_signals()
+        try:
+            run_local(stages, args)
+        except Stopped as err:
+            print(f"reproduce: stopped by {err}; the running stages stopped with their work kept "
+                  "(pretraining with a checkpoint): run the same command again to go on",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(128 + err.signum)
         print(f"done: {Path(args.output) / 'table.md'}")
     else:
         run_slurm(stages, args)
