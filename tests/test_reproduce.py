@@ -194,7 +194,10 @@ def _sigterm_once(path: Path):
     import threading
 
     def send():
-        while not path.exists():
+        deadline = time.monotonic() + 30
+        while not path.exists():  # never seen: no signal, and the test fails on its own
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` or a job's time limit sends this process
 
@@ -228,22 +231,16 @@ def test_a_stop_signal_reaches_a_stage_run_one_after_the_other(tmp_path, stop_ha
     assert (tmp_path / "a.stopped").read_text() == "SIGTERM" and not (tmp_path / "b").exists()
 
 
-def test_reproduce_stopped_by_a_signal_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+def test_reproduce_stopped_by_a_signal_says_how_to_go_on(tmp_path, monkeypatch, capsys, stop_handlers):
     import signal
-
-    saved = {sig: signal.getsignal(sig) for sig in reproduce.STOP_SIGNALS}
 
     def stopped_while_running(stages, args):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(10)
 
     monkeypatch.setattr(reproduce, "run_local", stopped_while_running)
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            reproduce.main(["mini", "-o", str(tmp_path / "out")])
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main(["mini", "-o", str(tmp_path / "out")])  # installs the handlers itself
     assert exit_.value.code == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "reproduce: stopped by SIGTERM" in err and "run the same command again to go on" in err
