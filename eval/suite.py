@@ -33,8 +33,9 @@ from .suites import Step, Suite, get_suite, suite_steps
 @dataclass
 class SuiteConfig:
     """What ``mochi suite`` runs. ``checkpoints``: files any :mod:`mochi.transfer` reader accepts;
-    ``baselines``: architectures evaluated at random init (init seed 0), or ``pixels`` (the raw pixels).
-    ``seeds``: default the suite's.
+    ``baselines``: architectures evaluated at random init, or ``pixels`` (the raw pixels).
+    ``init_seeds``: the initialisation seeds of each random-init baseline (one backbone per seed; the
+    table pools them into one row, mean ± std). ``seeds``: default the suite's.
     ``options``: ``STEP.FIELD=VALUE`` overrides of a step's protocol config (``linear-sgd-grid.epochs=5``).
     """
 
@@ -43,6 +44,7 @@ class SuiteConfig:
     output: str | os.PathLike
     baselines: Sequence[str] = ()
     seeds: Sequence[int] | None = None
+    init_seeds: Sequence[int] = (0,)
     variant: str | None = None
     options: Sequence[str] = ()
     data: str | None = None  # overrides the suite's dataset (e.g. full fashion-mnist from --data-root)
@@ -202,11 +204,14 @@ def _check_backbones(cfg: SuiteConfig) -> tuple[list[BackboneSpec], list[dict[st
             identities.append({"pixels": True})
             labels.append("raw pixels")
             continue
-        spec = BackboneSpec(random_init=True, arch=arch)
-        check_backbone(spec)
-        specs.append(spec)
-        identities.append({"random_init": arch, "init_seed": 0})
-        labels.append(f"random-init {arch}")
+        for init_seed in cfg.init_seeds:
+            spec = BackboneSpec(random_init=True, arch=arch, init_seed=init_seed)
+            check_backbone(spec)
+            specs.append(spec)
+            identities.append({"random_init": arch, "init_seed": init_seed})
+            labels.append(
+                f"random-init {arch}" + (f" (init seed {init_seed})" if len(cfg.init_seeds) > 1 else "")
+            )
     if not specs:
         raise ConfigError("checkpoints", "missing: give at least one checkpoint, or --baseline ARCH")
     return specs, identities, labels
@@ -222,6 +227,13 @@ def plan_suite(cfg: SuiteConfig) -> SuitePlan:
         raise ConfigError("seeds", f"{list(seeds)}: give distinct seeds, e.g. 0,1,2")
     for step in steps:  # impossible option values stop here, before any checkpoint is read
         _check_step(_step_config(step, options.get(step.name, {}), seeds[0]), step)
+    init_seeds = tuple(cfg.init_seeds)
+    if not init_seeds or len(set(init_seeds)) != len(init_seeds) or min(init_seeds) < 0:
+        raise ConfigError(
+            "init_seeds", f"{','.join(map(str, init_seeds))}: give distinct seeds >= 0, e.g. 0,1,2"
+        )
+    if init_seeds != (0,) and not any(b != "pixels" for b in cfg.baselines):
+        raise ConfigError("init_seeds", "applies to random-init baselines: add --baseline ARCH, or drop it")
     if any(s.task == "detection" for s in steps) and cfg.baselines:
         raise ConfigError("baselines", "is not available for detection suites: they take checkpoints only")
     if "pixels" in cfg.baselines and any(s.protocol == "moco" for s in steps):

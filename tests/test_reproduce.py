@@ -63,6 +63,7 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
     assert all(" -b 64 " in line and " --epochs 40 " in line for line in pretrain)  # e15's recipe
     assert all(" --keep-last 2 " in line for line in pretrain)  # 9 x 40 full checkpoints would take 50 GB
     (suite,) = [line for line in lines if " -m mochi suite " in line]
+    assert "--init-seeds 0,1,2" in suite  # random init gets three seeds, like each method
     assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0039.pth.tar") == 9
     assert "--limit-train" not in suite  # the whole embedded split
     tables = [line for line in lines if " -m mochi table " in line or " plot bars " in line]

@@ -80,6 +80,14 @@ def test_plan_lists_every_backbone_step_and_seed(tmp_path, checkpoint):
         (["--suite", "coco", "--variant", "3x"], "--variant '3x' is not a variant of suite coco; choose"),
         (["--suite", "fashion-mnist", "missing.pth"], "checkpoint not found: missing.pth"),
         (["--suite", "fashion-mnist"], "give at least one checkpoint, or --baseline ARCH"),
+        (
+            ["--suite", "fashion-mnist", "--baseline", "resnet18", "--init-seeds", "1,1"],
+            "--init-seeds 1,1: give distinct seeds >= 0, e.g. 0,1,2",
+        ),
+        (
+            ["--suite", "fashion-mnist", "--baseline", "pixels", "--init-seeds", "0,1"],
+            "--init-seeds applies to random-init baselines: add --baseline ARCH, or drop it",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, args, message):
@@ -101,6 +109,27 @@ def test_dry_run_lists_todo_then_done(tmp_path):
         "todo  random-init resnet18: linear-sgd-grid seed 0",
     ]
     assert not (tmp_path / "suite").exists()
+
+
+def test_random_init_init_seeds_are_backbones_of_one_row(tmp_path):
+    """``--init-seeds 0,1``: one random-init backbone per seed; init seed 0 is the same request as the
+    default (a suite run before the option existed resumes), and the table pools the seeds into mean ± std."""
+    default = plan_suite(_fast_config(tmp_path, [], baselines=["resnet18"], seeds=[0]))
+    cfg = _fast_config(tmp_path, [], baselines=["resnet18"], seeds=[0], init_seeds=[0, 1])
+    plan = plan_suite(cfg)
+    assert plan.labels == ["random-init resnet18 (init seed 0)", "random-init resnet18 (init seed 1)"]
+    assert [p.key for p in plan.evaluations[:3]] == [p.key for p in default.evaluations]
+    assert len({p.key for p in plan.evaluations}) == 6
+    result = run_suite(cfg)
+    knn = sorted((r for r in result["records"] if r["task"] == "knn"), key=lambda r: r["evaluated"]["seed"])
+    assert [r["evaluated"]["seed"] for r in knn] == [0, 1]
+    top1 = [r["metrics"]["top1"] for r in knn]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "suite" / "table.csv").read_text())))
+    assert [r["backbone"] for r in rows] == ["random-init resnet18"]
+    column = next(c for c in rows[0] if "kNN" in c and c.endswith(" mean"))
+    assert float(rows[0][column]) == pytest.approx(statistics.mean(top1), abs=0.01)
+    assert int(rows[0][column.replace(" mean", " n")]) == 2
+    assert float(rows[0][column.replace(" mean", " std")]) == pytest.approx(statistics.stdev(top1), abs=0.01)
 
 
 @pytest.mark.slow

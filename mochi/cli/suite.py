@@ -20,6 +20,11 @@ from mochi.eval.config import DEVICES
 @click.option(
     "--seeds", default=None, callback=comma_ints, help="Comma-separated seeds [default: the suite's]."
 )
+@click.option(
+    "--init-seeds", default="0", callback=comma_ints,
+    help="Initialisation seeds of each random-init --baseline: one backbone per seed, pooled in one "
+    "table row (mean ± std).",
+)  # fmt: skip
 @click.option("--variant", default=None, help="Another step set of the suite (coco: 2x, fpn).")
 @click.option("--option", "options", multiple=True,
               help="STEP.FIELD=VALUE: change one protocol setting (e.g. linear-lbfgs.patience=5); "

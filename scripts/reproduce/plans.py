@@ -189,8 +189,9 @@ PLANS: dict[str, Plan] = {
         title="CPU-scale study: MoCo-v2 and two MoCHi settings, 3 pretraining seeds each, on the embedded "
         "Fashion-MNIST subset, against random init and raw pixels",
         runs=_fmnist_runs(),
-        # The whole embedded split; one evaluation seed: the pretraining seeds give the spread.
-        suites=(SuiteRun("fashion-mnist", args=("--seeds", "0")),),
+        # The whole embedded split; one evaluation seed: the pretraining seeds give the spread, and random
+        # init gets as many initialisation seeds as the methods get pretraining seeds.
+        suites=(SuiteRun("fashion-mnist", args=("--seeds", "0", "--init-seeds", "0,1,2")),),
         needs=(),
         baselines=("resnet18", "pixels"),
         table_rows="method",
