@@ -66,16 +66,24 @@ def _label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def _pretraining_config(path: Path) -> dict[str, Any] | None:
-    """The config a mochi pretraining checkpoint was trained with (``mochi.config``), or None for files of
+def _pretraining_meta(path: Path) -> tuple[dict[str, Any] | None, dict[str, int] | None]:
+    """The config a mochi pretraining checkpoint was trained with (``mochi.config``) and how far it got
+    (``{"epoch": completed epochs, "step": steps into the next, "steps_per_epoch"}``), or Nones for files of
     other origins. Memory-mapped: the tensors are not read."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # other formats and pickles: no pretraining config to report, not an error here
-        return None
+        return None, None
     meta = ckpt.get("mochi") if isinstance(ckpt, dict) else None
     config = meta.get("config") if isinstance(meta, dict) else None
-    return dict(config) if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None, None
+    progress = None
+    if isinstance(ckpt.get("epoch"), int):
+        progress = {"epoch": ckpt["epoch"], "step": int(meta.get("step") or 0)}
+        if isinstance(meta.get("steps_per_epoch"), int):
+            progress["steps_per_epoch"] = meta["steps_per_epoch"]
+    return dict(config), progress
 
 
 def load_eval_backbone(
@@ -140,9 +148,11 @@ def load_eval_backbone(
         "encoder": report.encoder,
         "random_init": False,
     }
-    pretraining = _pretraining_config(path)
+    pretraining, progress = _pretraining_meta(path)
     if pretraining is not None:  # lets tables group the seeds of one pretraining recipe (rows="method")
         evaluated["pretraining"] = pretraining
+    if progress is not None:  # an earlier checkpoint of a run is not another seed of its last one
+        evaluated["pretraining_progress"] = progress
     identity = {"sha256": report.sha256, "encoder": report.encoder, "prefix": report.prefix}
     identity.update(arch=report.arch, stem=report.stem)
     return EvalBackbone(model, evaluated, identity)

@@ -150,21 +150,39 @@ RUN_ONLY_KEYS = frozenset({
 })  # fmt: skip
 
 
+def _partial_progress(ev: dict[str, Any]) -> dict[str, int] | None:
+    """A checkpoint's progress when it stopped short of its config's epochs (an earlier epoch of a run, or a
+    mid-epoch checkpoint); None for a finished run's last checkpoint and for records without progress."""
+    progress, config = ev.get("pretraining_progress"), ev.get("pretraining")
+    if not isinstance(progress, dict) or not isinstance(config, dict):
+        return None
+    if progress.get("step") or progress.get("epoch") != config.get("epochs"):
+        return {"epoch": progress.get("epoch"), "step": progress.get("step", 0)}
+    return None
+
+
 def method_identity(record: dict[str, Any]) -> dict[str, Any]:
     """The pretraining recipe behind a record's backbone: its checkpoint's pretraining config without
-    :data:`RUN_ONLY_KEYS` (so without the seed), with the encoder. Backbones without a pretraining config
-    (baselines, foreign checkpoints) are their own method: :func:`backbone_identity`."""
+    :data:`RUN_ONLY_KEYS` (so without the seed), with the encoder, and how far the checkpoint got when it
+    stopped short of the config's epochs (epoch 10 of a 40-epoch run is not a seed of epoch 40). Backbones
+    without a pretraining config (baselines, foreign checkpoints) are their own method:
+    :func:`backbone_identity`."""
     ev = record.get("evaluated", {})
     config = ev.get("pretraining")
     if not isinstance(config, dict):
         return backbone_identity(record)
     recipe = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
-    return {"pretraining": recipe, "encoder": ev.get("encoder"), "arch": ev.get("arch")}
+    ident = {"pretraining": recipe, "encoder": ev.get("encoder"), "arch": ev.get("arch")}
+    partial = _partial_progress(ev)
+    if partial is not None:
+        ident["progress"] = partial
+    return ident
 
 
 def method_label(record: dict[str, Any]) -> str | None:
     """``MoCo-v2 resnet18, 20 ep`` or ``MoCHi (N, s, s') = (512, 512, 128) resnet18, 20 ep`` for a record
-    whose checkpoint carries its pretraining config; None otherwise."""
+    whose checkpoint carries its pretraining config (``10 of 20 ep`` for an earlier checkpoint of a 20-epoch
+    run, ``10 of 20 ep + 5 steps`` mid-epoch); None otherwise."""
     ev = record.get("evaluated", {})
     c = ev.get("pretraining")
     if not isinstance(c, dict):
@@ -174,7 +192,13 @@ def method_label(record: dict[str, Any]) -> str | None:
     name = f"MoCHi (N, s, s') = ({n}, {s}, {s_prime})" if n else "MoCo-v2"
     if c.get("oracle"):  # the upper-bound experiment: same-class negatives removed
         name += " + class oracle"
-    return f"{name} {ev.get('arch')}, {c.get('epochs')} ep"
+    epochs = f"{c.get('epochs')} ep"
+    partial = _partial_progress(ev)
+    if partial is not None:
+        epochs = f"{partial['epoch']} of {epochs}" + (
+            f" + {partial['step']} steps" if partial["step"] else ""
+        )
+    return f"{name} {ev.get('arch')}, {epochs}"
 
 
 def data_identity(record: dict[str, Any]) -> dict[str, Any]:

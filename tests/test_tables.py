@@ -390,3 +390,36 @@ def test_oracle_runs_get_their_own_row_and_logging_options_do_not_split_a_method
         "MoCo-v2 resnet50, 20 ep", "MoCo-v2 + class oracle resnet50, 20 ep",
     ]  # fmt: skip
     assert cell(table, "MoCo-v2 resnet50, 20 ep", "CIFAR-10 linear (lbfgs) top-1").n == 2
+
+
+def test_earlier_checkpoints_of_a_run_are_their_own_method_rows(tmp_path):
+    """Epoch 1 of a 2-epoch run is not another seed of epoch 2: the record says how far the checkpoint got
+    (read from a real pretraining run's checkpoints), and ``--rows method`` keeps them apart and says so."""
+    from mochi.eval.backbones import load_eval_backbone
+
+    args = ["pretrain", "--data", "fashion-mnist-embedded", "--limit", "64", "-a", "resnet18", "--image-size",
+            "32", "--aug", "aug-plus-small", "-b", "32", "--moco-k", "64", "--moco-m", "0.99", "--bn-splits",
+            "2", "-j", "0", "-q", "--epochs", "2", "-o", str(tmp_path / "run")]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    evaluated = [
+        load_eval_backbone(tmp_path / "run" / f"checkpoint_000{i}.pth.tar").evaluated for i in (0, 1)
+    ]
+    assert [e["pretraining_progress"] for e in evaluated] == [
+        {"epoch": e, "step": 0, "steps_per_epoch": 2} for e in (1, 2)
+    ]
+    records = []
+    for i, (ev, top1) in enumerate(zip(evaluated, (60.0, 70.0), strict=True)):
+        record = linear(top1, sha=f"{i}e" * 32)
+        record["evaluated"] = ev
+        records.append(record)
+    again = linear(72.0, sha="2e" * 32)  # another seed of the finished run: pooled with it
+    again["evaluated"] = {**evaluated[1], "pretraining": {**evaluated[1]["pretraining"], "seed": 5}}
+    old = linear(74.0, sha="3e" * 32)  # a record written before records carried progress: the finished run
+    old["evaluated"] = {k: v for k, v in again["evaluated"].items() if k != "pretraining_progress"}
+    old["evaluated"]["pretraining"] = {**again["evaluated"]["pretraining"], "seed": 6}
+    table = build_table([*records, again, old], rows="method")
+    column = "CIFAR-10 linear (lbfgs) top-1"
+    assert [r.label for r in table.rows] == ["MoCo-v2 resnet18, 1 of 2 ep", "MoCo-v2 resnet18, 2 ep"]
+    assert cell(table, "MoCo-v2 resnet18, 1 of 2 ep", column).values == [60.0]
+    assert sorted(cell(table, "MoCo-v2 resnet18, 2 ep", column).values) == [70.0, 72.0, 74.0]
