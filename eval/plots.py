@@ -15,9 +15,11 @@ Longer than ~400 lines: four kinds of figure share the record grouping and the o
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import statistics
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from matplotlib.figure import Figure
 from mochi.errors import MochiError
 from mochi.io import atomic_open, read_jsonl, write_problem
 
-from .records import seed_of, setting_key
+from .records import method_identity, method_label, seed_of, setting_key
 from .tables import Table
 
 # The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles; keys
@@ -156,8 +158,32 @@ def training_curves(runs: Sequence[str | Path | RunCurves]) -> Figure:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if index == 0:
-            ax.legend(fontsize=8)
+            _legend(fig, ax, many=len(loaded) > LEGEND_INSIDE)
     return fig
+
+
+# Up to this many runs or series, the legend sits inside the (first) axes; more go below the figure, where
+# they cover no data.
+LEGEND_INSIDE = 4
+
+
+def _legend(fig: Figure, ax, many: bool) -> None:
+    if not many:
+        ax.legend(fontsize=8)
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    # as many columns as the longest label leaves room for (about 90 characters across the figure)
+    ncols = max(1, min(3, 90 // max(len(label) for label in labels)))
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8)
+
+
+def _colour(index: int, count: int):
+    """``C<i>`` for up to ten lines; beyond, tab20's twenty colours, so that no two lines share one."""
+    if count <= 10:
+        return f"C{index}"
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](index % 20)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -204,15 +230,28 @@ def _settings(record: dict[str, Any]) -> dict[float, dict[int, float]]:
     return out
 
 
-def knn_series(records: Iterable[dict[str, Any]]) -> list[KnnSeries]:
+def _setting(record: dict[str, Any], rows: str) -> str:
+    if rows == "backbone":
+        return setting_key(record)
+    key = json.loads(setting_key(record))
+    key["backbone"] = method_identity(record)
+    return json.dumps(key, sort_keys=True)
+
+
+def knn_series(records: Iterable[dict[str, Any]], rows: str = "backbone") -> list[KnnSeries]:
     """The lines of the kNN plot from result records: the ``task == "knn"`` ones, grouped into settings
     (:func:`~mochi.eval.records.setting_key`); the seeds of a setting (:func:`~mochi.eval.records.seed_of`)
-    are averaged, and of repeated evaluations of one seed the newest counts."""
+    are averaged, and of repeated evaluations of one seed the newest counts. ``rows="method"``: the
+    checkpoints of one pretraining recipe are one line, their pretraining seeds pooled, as in
+    ``mochi table --rows method``."""
+    if rows not in ("backbone", "method"):
+        raise MochiError(f"unknown rows pivot {rows!r}: use one of backbone, method")
+    method = rows == "method"
     newest: dict[tuple[str, Any], dict[str, Any]] = {}
     for record in records:
         if record.get("task") != "knn" or not _settings(record):
             continue
-        key = (setting_key(record), seed_of(record))
+        key = (_setting(record, rows), seed_of(record, method=method))
         if key not in newest or _when(record) > _when(newest[key]):
             newest[key] = record
     if not newest:
@@ -226,7 +265,7 @@ def knn_series(records: Iterable[dict[str, Any]]) -> list[KnnSeries]:
     series = []
     datasets = {str(r.get("data", {}).get("dataset")) for r in newest.values()}
     for members in groups.values():
-        label = _backbone_label(members[0])
+        label = (method and method_label(members[0])) or _backbone_label(members[0])
         if len(datasets) > 1:
             label += f" [{members[0].get('data', {}).get('dataset')}]"
         per_seed = [_settings(r) for r in members]
@@ -241,21 +280,24 @@ def knn_series(records: Iterable[dict[str, Any]]) -> list[KnnSeries]:
     return series
 
 
-def knn_curve(records_or_series: Iterable[dict[str, Any]] | Sequence[KnnSeries]) -> Figure:
+def knn_curve(
+    records_or_series: Iterable[dict[str, Any]] | Sequence[KnnSeries], rows: str = "backbone"
+) -> Figure:
     """kNN top-1 (%) against k (log scale), one line per backbone and T (label ``"<backbone> T=<T>"``, plus
     ``"(n seeds)"`` with error bars of ± one sample standard deviation when a setting has several seeds)."""
     items = list(records_or_series)
-    series = items if items and isinstance(items[0], KnnSeries) else knn_series(items)
+    series = items if items and isinstance(items[0], KnnSeries) else knn_series(items, rows)
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     labels = [
         f"{s.label} T={s.temperature:g}" + (f" ({s.seeds} seeds)" if s.seeds > 1 else "") for s in series
     ]
-    for colour, (s, label) in enumerate(zip(series, labels, strict=True)):
-        ax.plot(s.ks, s.top1, marker="o", color=f"C{colour % 10}", label=label)
+    for index, (s, label) in enumerate(zip(series, labels, strict=True)):
+        colour = _colour(index, len(series))
+        ax.plot(s.ks, s.top1, marker="o", color=colour, label=label)
         if s.std is not None:
             # fmt="none": only the bars, so the axes' lines stay one per series
-            ax.errorbar(s.ks, s.top1, yerr=s.std, fmt="none", ecolor=f"C{colour % 10}", capsize=0)
+            ax.errorbar(s.ks, s.top1, yerr=s.std, fmt="none", ecolor=colour, capsize=0)
     all_ks = sorted({k for s in series for k in s.ks})
     ax.set_xscale("log")
     ax.set_xticks(all_ks, [str(k) for k in all_ks])
@@ -264,7 +306,7 @@ def knn_curve(records_or_series: Iterable[dict[str, Any]] | Sequence[KnnSeries])
     ax.set_ylabel("kNN top-1 (%)")
     ax.set_title("kNN top-1 against k (weighted vote)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(fig, ax, many=len(series) > LEGEND_INSIDE)
     return fig
 
 
@@ -286,7 +328,8 @@ def table_bars(table: Table, columns: str | None = None) -> Figure:
     fig = Figure(
         figsize=(4.2 * per_row, 0.9 + 0.45 * len(table.rows) * n_rows + 1.2 * n_rows), layout="constrained"
     )
-    axes = fig.subplots(n_rows, per_row, squeeze=False).ravel()
+    # one row label per figure row: the panels share the rows, and the labels would squeeze every panel
+    axes = fig.subplots(n_rows, per_row, squeeze=False, sharey=True).ravel()
     labels = [r.label + (" †" if r.published else "") for r in table.rows]
     for ax, column in zip(axes, chosen, strict=False):
         cells = [r.cells.get(column.label) for r in table.rows]
@@ -303,9 +346,9 @@ def table_bars(table: Table, columns: str | None = None) -> Figure:
                 n = f" (n={cell.n})" if cell.n and cell.n > 1 else ""
                 ax.text(mean + (cell.std or 0.0), i, f" {mean:.1f}{n}", va="center", fontsize=7)
         ax.set_yticks(range(len(cells)), labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(column.label, fontsize=9)
+        ax.set_title(textwrap.fill(column.label, 40), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # shared: once for all panels
     for ax in axes[len(chosen) :]:
         ax.set_visible(False)
     if any(r.published for r in table.rows):

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mochi.cli import main
+from mochi.errors import MochiError
 from mochi.eval.plots import (
     MIXING_GID,
     QUANTITIES,
@@ -19,7 +20,7 @@ from mochi.eval.plots import (
     series_label,
     training_curves,
 )
-from mochi.eval.records import load_records
+from mochi.eval.records import load_records, write_records
 from mochi.pretrain.config import PretrainConfig
 from mochi.pretrain.train import pretrain
 
@@ -215,3 +216,43 @@ def test_bars_are_the_table_cells_with_their_std(tmp_path):
     out = CliRunner().invoke(main, ["plot", "bars", str(tmp_path / "results"), "-o", str(tmp_path / "b.png")])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_knn_plot_rows_method_pools_the_pretraining_seeds_of_a_recipe(tmp_path):
+    """``--rows method``: the checkpoints of one recipe are one line, their mean and sample std; another
+    recipe, and an earlier checkpoint of a run, are lines of their own; many lines: legend below, no two
+    lines of one colour."""
+    from test_tables import knn
+
+    def pretrained(top1_k20, seed, sha, epochs_done=20, temperature=0.2):
+        record = knn({"k20_T0.07": top1_k20, "k10_T0.07": top1_k20 + 1.0}, sha=sha)
+        config = {"arch": "resnet50", "epochs": 20, "seed": seed, "temperature": temperature}
+        record["evaluated"]["pretraining"] = {**config, "output": f"runs/s{seed}"}
+        record["evaluated"]["pretraining_progress"] = {"epoch": epochs_done, "step": 0}
+        return record
+
+    moco = [70.0, 72.0, 71.5]
+    records = [pretrained(v, s, sha=f"{s}a" * 32) for s, v in enumerate(moco)]
+    records += [pretrained(60.0, 0, sha="0b" * 32, epochs_done=10)]  # epoch 10 of seed 0's run
+    records += [pretrained(65.0, 0, sha="0c" * 32, temperature=0.1)]
+    series = knn_series(records, rows="method")
+    assert [(s.label, s.seeds) for s in series] == [
+        ("MoCo-v2 resnet50, 20 ep", 3), ("MoCo-v2 resnet50, 10 of 20 ep", 1), ("MoCo-v2 resnet50, 20 ep", 1),
+    ]  # fmt: skip
+    assert series[0].top1 == pytest.approx([statistics.fmean(moco) + 1.0, statistics.fmean(moco)])
+    assert series[0].std == pytest.approx([statistics.stdev(moco)] * 2)
+    assert len(knn_series(records)) == 5  # by backbone: one line per checkpoint
+    with pytest.raises(MochiError, match="unknown rows pivot 'run'"):
+        knn_series(records, rows="run")
+    many = [pretrained(70.0 + s, s, sha=f"{s:02d}" * 32, temperature=0.01 * (s + 1)) for s in range(12)]
+    fig = knn_curve(many, rows="method")
+    (ax,) = fig.axes
+    assert ax.get_legend() is None and len(fig.legends) == 1  # below the plot, over no data
+    colours = [tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+               for line in ax.get_lines()]  # fmt: skip
+    assert len(colours) == 12 and len(set(colours)) == 12
+    write_records(tmp_path / "results", records)
+    args = ["plot", "knn", str(tmp_path / "results"), "--rows", "method", "-o", str(tmp_path / "k.png")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "k.png").read_bytes().startswith(PNG_MAGIC)

@@ -42,7 +42,8 @@ def test_dry_run_prints_every_command_and_the_gpu_hours(tmp_path):
     suite = [line for line in text.splitlines() if " -m mochi suite " in line]
     assert len(suite) == 1 and suite[0].count("checkpoint_0199.pth.tar") == 4 and "--suite in100" in suite[0]
     assert sum(" -m mochi table " in line for line in text.splitlines()) == 3
-    assert sum(" -m mochi plot " in line for line in text.splitlines()) == 2
+    plots = [line for line in text.splitlines() if " -m mochi plot " in line]
+    assert [line.split(" -m mochi plot ")[1].split()[0] for line in plots] == ["bars", "knn", "curves"]
     # 53 h on 8 V100 for 200 ImageNet-1k epochs, scaled to 126,689 images x 200 epochs, four runs.
     per_run = 53 * 8 * 126_689 / 1_281_167
     assert f"~{per_run:,.0f} V100 GPU-hours" in pretrain[0]
@@ -66,8 +67,10 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
     assert "--init-seeds 0,1,2" in suite  # random init gets three seeds, like each method
     assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0039.pth.tar") == 9
     assert "--limit-train" not in suite  # the whole embedded split
-    tables = [line for line in lines if " -m mochi table " in line or " plot bars " in line]
-    assert len(tables) == 4 and all("--rows method" in line for line in tables)
+    tables = [
+        line for line in lines if " -m mochi table " in line or " plot bars " in line or " plot knn " in line
+    ]
+    assert len(tables) == 5 and all("--rows method" in line for line in tables)
 
 
 def test_missing_data_root_is_refused_before_anything_runs(tmp_path):
@@ -284,14 +287,14 @@ def test_submitit_local_executor_runs_every_stage_in_order(tmp_path):
         partition=None, account=None, cluster="local", nproc_per_node=1,
     )  # fmt: skip
     jobs = reproduce.run_slurm(reproduce.build_stages(_tiny_plan(), args), args)
-    # pretrain, suite, 3 tables + 2 plots
-    assert len(jobs) == 7 and [j.state for j in jobs] == ["FINISHED"] * 7
+    # pretrain, suite, 3 tables + 3 plots
+    assert len(jobs) == 8 and [j.state for j in jobs] == ["FINISHED"] * 8
     out = Path(args.output)
     assert (out / "pretrain" / "moco" / "checkpoint_0000.pth.tar").is_file()
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     assert len(rows) == 1 and rows[0]["backbone"] == "moco/checkpoint_0000.pth.tar"
     assert "|" in (out / "table.md").read_text() and r"\toprule" in (out / "table.tex").read_text()
-    for picture in ("table.png", "curves.png"):
+    for picture in ("table.png", "knn.png", "curves.png"):
         assert (out / "plots" / picture).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -50,7 +50,11 @@ def curves_cmd(run_dirs: tuple[str, ...], output: str, formats: str | None) -> N
 @click.argument("results_dirs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help=OUTPUT_HELP)
 @click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
-def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None) -> None:
+@click.option(
+    "--rows", type=click.Choice(["backbone", "method"]), default="backbone",
+    help="One line per backbone, or per pretraining recipe (its seeds pooled; see mochi table --rows).",
+)  # fmt: skip
+def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None, rows: str) -> None:
     """kNN top-1 against k from the kNN records in RESULTS_DIRS, one line per backbone and T.
 
     Several seeds of one setting are averaged, with ± one standard deviation as error bars; of repeated
@@ -59,13 +63,14 @@ def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None) -> 
     \b
     Example:
       mochi plot knn runs/main/results -o runs/main/plots/knn
+      mochi plot knn runs/study/suites/fashion-mnist/results --rows method -o runs/study/plots/knn
     """
     from mochi.eval.plots import knn_curve, output_paths, save_figure
     from mochi.eval.records import load_records
 
     output_paths(output, _formats(formats))
     records = [r for d in results_dirs for r in load_records(d)]
-    _echo(save_figure(knn_curve(records), output, _formats(formats)))
+    _echo(save_figure(knn_curve(records, rows), output, _formats(formats)))
 
 
 @plot_cmd.command("bars")

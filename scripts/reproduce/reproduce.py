@@ -8,8 +8,8 @@ command finishes an interrupted reproduction:
 
 1. pretraining, one `mochi pretrain --resume auto` per run (torchrun, or a SLURM job array);
 2. one `mochi suite` per suite on the runs' last checkpoints (finished evaluations are skipped);
-3. `mochi table` over every suite's records (Markdown, LaTeX, CSV), `mochi plot` bars of the table and
-   the training curves of every run.
+3. `mochi table` over every suite's records (Markdown, LaTeX, CSV), `mochi plot` bars of the table, kNN
+   top-1 against k (both with the plan's rows) and the training curves of every run.
 
 ``--launcher local`` runs the stages one after the other on this machine (torchrun for pretraining);
 ``--jobs N`` pretrains N runs at a time, each with its share of the GPUs (``CUDA_VISIBLE_DEVICES``) or, on a
@@ -89,7 +89,16 @@ def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
         ["plot", "curves", *(str(out / "pretrain" / run.name) for run in plan.runs), "-o",
          str(out / "plots" / "curves")],
     ]  # fmt: skip
+    if _has_knn(plan):
+        report.insert(4, ["plot", "knn", *results, *rows, "-o", str(out / "plots" / "knn")])
     return [pretrain, Stage("suites", suites), Stage("report", report)]
+
+
+def _has_knn(plan: Plan) -> bool:
+    """Whether a suite of ``plan`` has a kNN step (detection-only plans have no kNN records to plot)."""
+    from mochi.eval.suites import get_suite
+
+    return any(step.task == "knn" for s in plan.suites for step in get_suite(s.suite).steps)
 
 
 def local_command(stage: Stage, argv: list[str], nproc: int) -> list[str]:
