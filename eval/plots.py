@@ -15,7 +15,6 @@ Longer than ~400 lines: four kinds of figure share the record grouping and the o
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import statistics
@@ -30,8 +29,8 @@ from matplotlib.figure import Figure
 from mochi.errors import MochiError
 from mochi.io import atomic_open, read_jsonl, write_problem
 
-from .records import method_identity, method_label, seed_of, setting_key
-from .tables import Table
+from .records import method_label, seed_of, setting_key
+from .tables import ROWS, Table, row_key, setting_without_backbone
 
 # The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles; keys
 # that share a title share a panel (one line style per key). ``hard_sim`` / ``synthetic_sim`` and the
@@ -230,35 +229,28 @@ def _settings(record: dict[str, Any]) -> dict[float, dict[int, float]]:
     return out
 
 
-def _setting(record: dict[str, Any], rows: str) -> str:
-    if rows == "backbone":
-        return setting_key(record)
-    key = json.loads(setting_key(record))
-    key["backbone"] = method_identity(record)
-    return json.dumps(key, sort_keys=True)
-
-
 def knn_series(records: Iterable[dict[str, Any]], rows: str = "backbone") -> list[KnnSeries]:
-    """The lines of the kNN plot from result records: the ``task == "knn"`` ones, grouped into settings
-    (:func:`~mochi.eval.records.setting_key`); the seeds of a setting (:func:`~mochi.eval.records.seed_of`)
-    are averaged, and of repeated evaluations of one seed the newest counts. ``rows="method"``: the
-    checkpoints of one pretraining recipe are one line, their pretraining seeds pooled, as in
-    ``mochi table --rows method``."""
-    if rows not in ("backbone", "method"):
-        raise MochiError(f"unknown rows pivot {rows!r}: use one of backbone, method")
+    """The lines of the kNN plot from result records: the ``task == "knn"`` ones, grouped as ``mochi
+    table`` groups its cells (:func:`~mochi.eval.tables.row_key` and the setting without the backbone); the
+    seeds of a line (:func:`~mochi.eval.records.seed_of`) are averaged, and of repeated evaluations of one
+    seed the newest counts. ``rows="method"``: the checkpoints of one pretraining recipe are one line, their
+    pretraining seeds pooled, as in ``mochi table --rows method``."""
+    if rows not in ROWS:
+        raise MochiError(f"unknown rows pivot {rows!r}: use one of {', '.join(ROWS)}")
     method = rows == "method"
-    newest: dict[tuple[str, Any], dict[str, Any]] = {}
+    newest: dict[tuple[tuple[str, str], Any], dict[str, Any]] = {}
     for record in records:
         if record.get("task") != "knn" or not _settings(record):
             continue
-        key = (_setting(record, rows), seed_of(record, method=method))
+        # one line per table row and setting, as mochi table pools them
+        key = ((row_key(record, rows), setting_without_backbone(record)), seed_of(record, method=method))
         if key not in newest or _when(record) > _when(newest[key]):
             newest[key] = record
     if not newest:
         raise MochiError(
             "no kNN records to plot: evaluate backbones with 'mochi knn ... -o RESULTS_DIR' first"
         )
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for (setting, _), record in sorted(newest.items(), key=lambda kv: _when(kv[1])):
         groups.setdefault(setting, []).append(record)
 
@@ -377,7 +369,7 @@ class AlignPoint:
 def align_points(records: Iterable[dict[str, Any]]) -> list[AlignPoint]:
     """The points of :func:`alignment_uniformity` from the ``task == "analysis"`` records: seeds of one
     setting averaged (of repeated evaluations of one seed the newest counts), each run's in epoch order."""
-    newest: dict[tuple[str, Any], dict[str, Any]] = {}
+    newest: dict[tuple[tuple[str, str], Any], dict[str, Any]] = {}
     for r in records:
         if r.get("task") == "analysis":
             key = (setting_key(r), seed_of(r))
@@ -387,7 +379,7 @@ def align_points(records: Iterable[dict[str, Any]]) -> list[AlignPoint]:
         raise MochiError(
             "no analysis records to plot: measure checkpoints with 'mochi analyze ... -o DIR' first"
         )
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for (setting, _), r in sorted(newest.items(), key=lambda kv: _when(kv[1])):
         groups.setdefault(setting, []).append(r)
     points = []

@@ -125,7 +125,9 @@ def _knn_setting(name: str) -> tuple[int, float] | None:
     return (int(m.group(1)), float(m.group(2))) if m else None
 
 
-def _setting_without_backbone(record: dict[str, Any]) -> str:
+def setting_without_backbone(record: dict[str, Any]) -> str:
+    """A record's :func:`~mochi.eval.records.setting_key` without its backbone: with :func:`row_key`, the
+    table cell (and the kNN plot's line) it belongs to."""
     key = json.loads(setting_key(record))
     key.pop("backbone")
     key["data"].get("features", {}).pop("dim", None)  # follows from the backbone, not a setting
@@ -144,7 +146,8 @@ class _Measurement:
 _DEFAULT_METRICS = {"detection": list(DETECTION_METRICS), "analysis": list(ANALYSIS_METRICS)}
 
 
-def _row_key(record: dict[str, Any], rows: str) -> str:
+def row_key(record: dict[str, Any], rows: str) -> str:
+    """The table row of a record: its backbone's identity, or with ``rows="method"`` its recipe's."""
     ident = method_identity(record) if rows == "method" else backbone_identity(record)
     return json.dumps(ident, sort_keys=True)
 
@@ -156,7 +159,7 @@ def _measurements(
     method = rows == "method"
     out = []
     for r in records:
-        row = _row_key(r, rows)
+        row = row_key(r, rows)
         task, protocol, ds = r["task"], r["protocol"], dataset_name(r)
         m = r.get("metrics", {})
         if task == "knn":
@@ -166,14 +169,14 @@ def _measurements(
                 values = m.get("settings", {}).get(name, m)
                 keep = metrics or CLASSIFICATION_METRICS
                 got = {k: [float(values[k])] for k in keep if isinstance(values.get(k), (int, float))}
-                setting = _setting_without_backbone({**r, "hyperparameters": {**hyper, "setting": name}})
+                setting = setting_without_backbone({**r, "hyperparameters": {**hyper, "setting": name}})
                 out.append(_Measurement(row, (ds, task, protocol, name), setting, seed_of(r, method), got))
         elif task == "detection-aggregate":
             if ids & set(r.get("seed_record_ids", [])):
                 continue  # its seeds are here: they are the cell
             keep = metrics or list(DETECTION_METRICS)
             got = {k: [float(v) for v in m[k]["values"]] for k in keep if isinstance(m.get(k), dict)}
-            setting = _setting_without_backbone({**r, "task": "detection"})
+            setting = setting_without_backbone({**r, "task": "detection"})
             out.append(_Measurement(row, (ds, "detection", protocol, ""), setting, ("agg", r["id"]), got))
         else:
             keep = metrics or _DEFAULT_METRICS.get(task, CLASSIFICATION_METRICS)
@@ -182,7 +185,7 @@ def _measurements(
             sub = str(r["hyperparameters"].get("embedding", "")) if task == "analysis" else ""
             out.append(
                 _Measurement(
-                    row, (ds, task, protocol, sub), _setting_without_backbone(r), seed_of(r, method), got
+                    row, (ds, task, protocol, sub), setting_without_backbone(r), seed_of(r, method), got
                 )
             )
     return out
@@ -256,7 +259,7 @@ def _row_labels(
     """Row key -> (label, sha256 prefix); labels shared by two rows get told apart."""
     first: dict[str, dict[str, Any]] = {}
     for r in records:
-        first.setdefault(_row_key(r, rows), r)
+        first.setdefault(row_key(r, rows), r)
     out = {}
     for key, r in first.items():
         ev = r.get("evaluated", {})
