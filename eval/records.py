@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mochi.constants import PRETRAIN_ADDED_FIELDS
 from mochi.errors import MochiError
 from mochi.io import atomic_open
 from mochi.versions import library_versions
@@ -171,7 +172,8 @@ def method_identity(record: dict[str, Any]) -> dict[str, Any]:
     config = ev.get("pretraining")
     if not isinstance(config, dict):
         return backbone_identity(record)
-    recipe = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+    # Options added later are filled in, so that a run saved before them pools with one that left them off.
+    recipe = {k: v for k, v in {**PRETRAIN_ADDED_FIELDS, **config}.items() if k not in RUN_ONLY_KEYS}
     ident = {"pretraining": recipe, "encoder": ev.get("encoder"), "arch": ev.get("arch")}
     partial = _partial_progress(ev)
     if partial is not None:
@@ -192,6 +194,8 @@ def method_label(record: dict[str, Any]) -> str | None:
     name = f"MoCHi (N, s, s') = ({n}, {s}, {s_prime})" if n else "MoCo-v2"
     if c.get("oracle"):  # the upper-bound experiment: same-class negatives removed
         name += " + class oracle"
+    if c.get("symmetric"):
+        name += ", symmetric loss"
     epochs = f"{c.get('epochs')} ep"
     partial = _partial_progress(ev)
     if partial is not None:

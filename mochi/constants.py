@@ -5,6 +5,7 @@
 - :data:`ENCODERS`: the networks a two-encoder checkpoint can hold (MoCo query/key, DINO teacher/student).
 - :data:`EXPORT_TARGETS`: the layouts ``mochi export`` writes.
 - :data:`STEMS`: the ResNet stems a backbone can be built with.
+- :data:`PRETRAIN_ADDED_FIELDS`: pretraining options added after runs were saved without them.
 """
 
 from __future__ import annotations
@@ -49,3 +50,8 @@ STEMS = ("standard", "small", "small-pad2")
 
 # Detection: BN choice of `mochi detect --norm` (auto: SyncBN / naiveSyncBN become BN in one process).
 NORM_CHOICES = ("auto", "config", "BN", "SyncBN", "naiveSyncBN")
+
+# Pretraining options added after earlier runs wrote their config.json, checkpoints and records, with the
+# value that reproduces what those runs did: a saved config without the field is read with it (resume
+# checks, replay, the recipe a result record names).
+PRETRAIN_ADDED_FIELDS = {"symmetric": False}

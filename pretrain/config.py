@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mochi.constants import ARCHS, AUGMENTATIONS
+from mochi.constants import ARCHS, AUGMENTATIONS, PRETRAIN_ADDED_FIELDS
 from mochi.errors import ConfigError
 
 # Keys that define the model, its optimisation trajectory or its data: a resumed run must match them.
@@ -38,6 +38,7 @@ RESUME_MUST_MATCH = (
     "s_prime",
     "mochi_warmup",
     "oracle",
+    "symmetric",
     "bn_splits",
     "seed",
     "data",
@@ -58,8 +59,9 @@ MIN_IMAGE_SIZE = 2
 
 
 def upgrade(d: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with renamed fields under their current names (``mochi_n`` -> ``n_hard``...)."""
-    return {RENAMED.get(k, k): v for k, v in d.items()}
+    """A saved config with renamed fields under their current names (``mochi_n`` -> ``n_hard``...) and the
+    fields added since (:data:`~mochi.constants.PRETRAIN_ADDED_FIELDS`) at the value the run had."""
+    return {**PRETRAIN_ADDED_FIELDS, **{RENAMED.get(k, k): v for k, v in d.items()}}
 
 
 @dataclass
@@ -80,6 +82,7 @@ class PretrainConfig:
     queue_size: int = 65536  # K; a multiple of the global batch
     momentum: float = 0.999  # key-encoder EMA m
     temperature: float = 0.2  # τ (MoCo-v1 used 0.07)
+    symmetric: bool = False  # L(q1, k2) + L(q2, k1), both views' keys enqueued (MoCo v3); off: the reference
     bn_splits: int | None = None  # None: 8 on a single device (split BN), 1 per rank under DDP (shuffle BN)
     # --- augmentation
     aug: str = "aug-plus"

@@ -7,6 +7,7 @@ contrastive math is delegated to the pure functions in :mod:`mochi.pretrain.loss
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,26 @@ def build_encoder(arch: str, dim: int = 128, mlp: bool = True, small_stem: bool 
     return net
 
 
+@dataclass
+class _Direction:
+    """One direction of a step: queries against their positives and the queue."""
+
+    logits: torch.Tensor  # (B, 1 + K [+ s + s']), positive first
+    loss: torch.Tensor
+    mixing: Mixing | None
+    raw: torch.Tensor | None  # (B, K) q·queue before the oracle, when computed
+
+
+def _cat_mixing(parts: list[Mixing | None]) -> Mixing | None:
+    """The mixings of the step's directions as one, rows stacked in direction order (None without mixing)."""
+    if parts[0] is None:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    fields = {f.name: torch.cat([getattr(m, f.name) for m in parts]) for f in dataclasses.fields(Mixing)}
+    return Mixing(**fields)
+
+
 @dataclass(frozen=True)
 class MochiParams:
     """MoCHi (N, s, s'): hard set size, type-1 and type-2 synthetic points per query."""
@@ -60,6 +81,10 @@ class MoCo(nn.Module):
     ``analysis_n``: log the negatives' statistics (:mod:`mochi.pretrain.negatives`), with the N hardest for
     the false-negative rate (None: off). ``oracle``: remove same-class queue entries from each query's
     negatives before the loss and the hard-set selection (labels required).
+
+    ``symmetric``: each view is both a query and a key (docs/protocols.md#symmetric-loss): the loss is
+    ``L(q1, k2) + L(q2, k1)``, both against the queue as it was before the step, and both views' keys are
+    enqueued (``im_q``'s first): 2B queue entries per step. Off: the reference's asymmetric step, unchanged.
     """
 
     def __init__(
@@ -75,6 +100,7 @@ class MoCo(nn.Module):
         mochi: MochiParams | None = None,
         analysis_n: int | None = None,
         oracle: bool = False,
+        symmetric: bool = False,
     ) -> None:
         super().__init__()
         if mochi is not None and mochi.n_hard > queue_size:
@@ -85,6 +111,7 @@ class MoCo(nn.Module):
         self.mochi = mochi
         self.analysis_n = None if analysis_n is None else min(analysis_n, queue_size)
         self.oracle = oracle
+        self.symmetric = symmetric
         # bn_splits > 1: each of that many groups of the batch gets its own BN statistics (split BN), in
         # the BN layers themselves so that the convolutions still run on the whole batch.
         self.encoder_q = split_batchnorm(build_encoder(arch, dim, mlp, small_stem), bn_splits)
@@ -153,18 +180,53 @@ class MoCo(nn.Module):
 
         Returns ``loss`` (with grad) and detached statistics: ``top1`` (proxy task), ``pos_sim``, with
         mixing ``hard_sim`` / ``synthetic_sim`` (mean ``q·n`` over hard negatives / synthetic points), and
-        with ``analysis_n`` those of :func:`~mochi.pretrain.negatives.negative_stats`.
+        with ``analysis_n`` those of :func:`~mochi.pretrain.negatives.negative_stats`. With ``symmetric``
+        the statistics are over the queries of both directions (2B rows).
         """
         if self.oracle and labels is None:
             raise ValueError("the class oracle needs the labels of the batch")
-        q = F.normalize(self.encoder_q(im_q).float(), dim=1)
+        views = ((im_q, im_k), (im_k, im_q)) if self.symmetric else ((im_q, im_k),)
+        qs = [F.normalize(self.encoder_q(view).float(), dim=1) for view, _ in views]
         with torch.no_grad():
             self.momentum_update()
-            k, k_all = self.compute_keys(im_k, generator)
+            keys = [self.compute_keys(view, generator) for _, view in views]
             # Same rank order as k_all: entry j of the enqueued block has the label of key j.
             labels_all = None if labels is None else dist_utils.all_gather_cat(labels)
         queue = self.queue.T.contiguous().float()  # (K, D) rows, copied so the enqueue below can't alias it
+        parts = [
+            self._direction(q, k, queue, mix, generator, labels) for q, (k, _) in zip(qs, keys, strict=True)
+        ]
+        logits = torch.cat([p.logits for p in parts])
+        loss = parts[0].loss if len(parts) == 1 else parts[0].loss + parts[1].loss  # summed, as MoCo v3
         stats: dict[str, torch.Tensor] = {}
+        m = _cat_mixing([p.mixing for p in parts])
+        if m is not None:
+            stats["hard_sim"] = m.hard_sim.mean()
+            n_syn = m.synthetic.shape[1]
+            syn = logits[:, logits.shape[1] - n_syn :].detach() * self.temperature
+            stats["synthetic_sim"] = syn.mean() if n_syn else torch.zeros((), device=logits.device)
+        stats["top1"] = proxy_top1(logits.detach())
+        stats["pos_sim"] = (logits[:, 0].detach() * self.temperature).mean()
+        if self.analysis_n is not None:  # before the enqueue: the queue labels the logits were made with
+            raws = [p.raw for p in parts]
+            raw = None if any(r is None for r in raws) else torch.cat(raws)
+            both = None if labels is None else torch.cat([labels] * len(parts))
+            stats |= self._analysis(logits, raw, both, m)
+        for _, k_all in reversed(keys):  # symmetric: im_q's keys (k1), then im_k's (k2)
+            self.enqueue(k_all, labels_all)
+        return {"loss": loss, **stats}
+
+    def _direction(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        queue: torch.Tensor,
+        mix: bool,
+        generator: torch.Generator | None,
+        labels: torch.Tensor | None,
+    ) -> _Direction:
+        """The logits and loss of queries ``q`` against positives ``k`` and the queue (with MoCHi's points
+        when ``mix``)."""
         m = None
         raw = None  # (B, K) q·queue before the oracle, when computed
         # The contrastive part runs in fp32 even under AMP: logits / τ need more than bf16's 8 bits.
@@ -180,19 +242,10 @@ class MoCo(nn.Module):
                     q, queue, self.mochi.n_hard, self.mochi.s, self.mochi.s_prime, generator, sim=l_neg
                 )
                 logits = mochi_logits(q, k, queue, m.synthetic, self.temperature, l_neg=l_neg)
-                stats["hard_sim"] = m.hard_sim.mean()
-                n_syn = m.synthetic.shape[1]
-                syn = logits[:, logits.shape[1] - n_syn :].detach() * self.temperature
-                stats["synthetic_sim"] = syn.mean() if n_syn else torch.zeros((), device=q.device)
             else:
                 logits = moco_logits(q, k, queue, self.temperature, l_neg=l_neg)
             loss = contrastive_loss(logits)
-        stats["top1"] = proxy_top1(logits.detach())
-        stats["pos_sim"] = (logits[:, 0].detach() * self.temperature).mean()
-        if self.analysis_n is not None:  # before the enqueue: the queue labels the logits were made with
-            stats |= self._analysis(logits, raw, labels, m)
-        self.enqueue(k_all, labels_all)
-        return {"loss": loss, **stats}
+        return _Direction(logits, loss, m, raw)
 
     @torch.no_grad()
     def _analysis(

@@ -153,6 +153,7 @@ def _pretrain(
         mochi=mochi,
         analysis_n=cfg.hard_set_size() if cfg.analysis else None,
         oracle=cfg.oracle,
+        symmetric=cfg.symmetric,
     ).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from mochi.pretrain.losses import contrastive_loss, moco_logits
 from mochi.pretrain.moco import MochiParams, MoCo, build_encoder
 from mochi.pretrain.split_bn import SplitBatchNorm2d
 
@@ -133,3 +134,46 @@ def test_cuda_bf16_channels_last_step():
     out["loss"].backward()
     opt.step()
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+
+
+def test_symmetric_step_sums_both_directions_against_the_old_queue_and_enqueues_both_views():
+    model = tiny(symmetric=True, queue_size=48).eval()  # eval: keys independent of batch composition
+    queue0 = model.queue.clone()
+    ref = copy.deepcopy(model)
+    ref.momentum_update()
+    x1, x2 = images(8, seed=1), images(8, seed=2)
+    out = model(x1, x2)
+    q1, q2 = (F.normalize(ref.encoder_q(x), dim=1) for x in (x1, x2))
+    with torch.no_grad():
+        k1, k2 = (F.normalize(ref.encoder_k(x), dim=1) for x in (x1, x2))
+    old = queue0.T
+    loss_12 = contrastive_loss(moco_logits(q1, k2, old, 0.2))
+    loss_21 = contrastive_loss(moco_logits(q2, k1, old, 0.2))
+    torch.testing.assert_close(out["loss"], loss_12 + loss_21, rtol=1e-5, atol=1e-5)
+    pos = torch.cat([(q1 * k2).sum(1), (q2 * k1).sum(1)]).mean().detach()
+    torch.testing.assert_close(out["pos_sim"], pos)
+    # both views' keys are negatives from now on: x1's first, then x2's; nothing else moved
+    torch.testing.assert_close(model.queue[:, :16].T, torch.cat([k1, k2]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.queue[:, 16:], queue0[:, 16:], rtol=0, atol=0)
+    assert int(model.queue_ptr) == 16
+    # the asymmetric step on the same model is the first direction alone
+    asym = copy.deepcopy(ref)
+    asym.symmetric = False
+    asym.momentum_update = lambda: None  # already applied to ref's copy
+    out1 = asym(x1, x2)
+    torch.testing.assert_close(out1["loss"], loss_12, rtol=1e-5, atol=1e-5)
+    assert int(asym.queue_ptr) == 8
+
+
+def test_symmetric_mochi_step_mixes_for_both_directions_and_trains_only_the_query_encoder():
+    model = tiny(mochi=MochiParams(4, 6, 3), symmetric=True, analysis_n=4).train()
+    labels = torch.arange(8) % 3
+    out = model(images(8, seed=3), images(8, seed=4), mix=True, labels=labels)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.encoder_q.parameters())
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert {"hard_sim", "synthetic_sim", "fn_hard_same", "pos_rank"} <= set(out)
+    assert torch.isfinite(out["loss"]) and int(model.queue_ptr) == 16
+    assert model.queue_labels[:16].tolist() == labels.tolist() * 2
+    # the statistics count the queries of both directions: 2B rows, each with N = 4 hard negatives
+    assert 0 <= float(out["fn_hard_same"]) <= float(out["fn_hard_known"]) <= 4

@@ -392,6 +392,19 @@ def test_oracle_runs_get_their_own_row_and_logging_options_do_not_split_a_method
     assert cell(table, "MoCo-v2 resnet50, 20 ep", "CIFAR-10 linear (lbfgs) top-1").n == 2
 
 
+def test_symmetric_runs_get_their_own_row_and_runs_saved_before_the_option_pool_with_asymmetric_ones():
+    before = _pretrained(70.0, 0, sha="0a" * 32)  # written before --symmetric existed: no such field
+    after = _pretrained(72.0, 1, sha="1a" * 32)
+    after["evaluated"]["pretraining"]["symmetric"] = False
+    sym = _pretrained(80.0, 0, sha="0e" * 32)
+    sym["evaluated"]["pretraining"]["symmetric"] = True
+    table = build_table([before, after, sym], rows="method")
+    assert [r.label for r in table.rows] == [
+        "MoCo-v2 resnet50, 20 ep", "MoCo-v2, symmetric loss resnet50, 20 ep",
+    ]  # fmt: skip
+    assert cell(table, "MoCo-v2 resnet50, 20 ep", "CIFAR-10 linear (lbfgs) top-1").values == [70.0, 72.0]
+
+
 def test_earlier_checkpoints_of_a_run_are_their_own_method_rows(tmp_path):
     """Epoch 1 of a 2-epoch run is not another seed of epoch 2: the record says how far the checkpoint got
     (read from a real pretraining run's checkpoints), and ``--rows method`` keeps them apart and says so."""

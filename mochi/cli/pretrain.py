@@ -46,6 +46,9 @@ PRETRAIN_FLAGS = {
     "queue_size": flag("--queue-size", "--moco-k", help="Queue size K (multiple of the batch)."),
     "momentum": flag("--moco-m", help="Key-encoder momentum m."),
     "temperature": flag("--temperature", "--moco-t", help="Softmax temperature."),
+    "symmetric": flag(
+        "--symmetric", help="Symmetric loss: each view is also the other's key (MoCo v3); 2x the compute.",
+    ),
     "bn_splits": flag(
         "--bn-splits", default_text="8 on one device, 1 per process under torchrun",
         help="BN groups per device for split BN.",
