@@ -51,13 +51,16 @@ class _Direction:
     raw: torch.Tensor | None  # (B, K) q·queue before the oracle, when computed
 
 
+def _stack_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The directions' rows stacked; the one tensor itself (no copy) for the asymmetric step."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _cat_mixing(parts: list[Mixing | None]) -> Mixing | None:
     """The mixings of the step's directions as one, rows stacked in direction order (None without mixing)."""
     if parts[0] is None:
         return None
-    if len(parts) == 1:
-        return parts[0]
-    fields = {f.name: torch.cat([getattr(m, f.name) for m in parts]) for f in dataclasses.fields(Mixing)}
+    fields = {f.name: _stack_rows([getattr(m, f.name) for m in parts]) for f in dataclasses.fields(Mixing)}
     return Mixing(**fields)
 
 
@@ -196,8 +199,8 @@ class MoCo(nn.Module):
         parts = [
             self._direction(q, k, queue, mix, generator, labels) for q, (k, _) in zip(qs, keys, strict=True)
         ]
-        logits = torch.cat([p.logits for p in parts])
-        loss = parts[0].loss if len(parts) == 1 else parts[0].loss + parts[1].loss  # summed, as MoCo v3
+        logits = _stack_rows([p.logits for p in parts])
+        loss = sum((p.loss for p in parts[1:]), parts[0].loss)  # summed, as MoCo v3
         stats: dict[str, torch.Tensor] = {}
         m = _cat_mixing([p.mixing for p in parts])
         if m is not None:
@@ -209,8 +212,8 @@ class MoCo(nn.Module):
         stats["pos_sim"] = (logits[:, 0].detach() * self.temperature).mean()
         if self.analysis_n is not None:  # before the enqueue: the queue labels the logits were made with
             raws = [p.raw for p in parts]
-            raw = None if any(r is None for r in raws) else torch.cat(raws)
-            both = None if labels is None else torch.cat([labels] * len(parts))
+            raw = None if any(r is None for r in raws) else _stack_rows(raws)
+            both = None if labels is None else _stack_rows([labels] * len(parts))
             stats |= self._analysis(logits, raw, both, m)
         for _, k_all in reversed(keys):  # symmetric: im_q's keys (k1), then im_k's (k2)
             self.enqueue(k_all, labels_all)
