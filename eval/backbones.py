@@ -120,7 +120,7 @@ def load_eval_backbone(
         evaluated = {
             "checkpoint": None,
             "random_init": True,
-            "label": f"random-init {arch}",
+            "label": f"random-init {arch}" + (" (small stem)" if small_stem else ""),
             "arch": arch,
             "stem": stem,
             "seed": seed,

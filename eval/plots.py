@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from mochi.errors import MochiError
 from mochi.io import atomic_open, read_jsonl, write_problem
 
-from .records import method_label, seed_of, setting_key
+from .records import backbone_label, method_label, seed_of, setting_key
 from .tables import ROWS, Table, row_key, setting_without_backbone
 
 # The quantities of a step record of ``metrics.jsonl`` that get a panel, in order, with their titles; keys
@@ -210,9 +210,7 @@ class KnnSeries:
 
 
 def _backbone_label(record: dict[str, Any]) -> str:
-    ev = record.get("evaluated", {})
-    checkpoint = ev.get("checkpoint")
-    return ev.get("label") or (Path(str(checkpoint)).name if checkpoint else "random-init")
+    return backbone_label(record.get("evaluated", {}))
 
 
 def _when(record: dict[str, Any]) -> tuple[str, str]:

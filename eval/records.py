@@ -181,6 +181,18 @@ def method_identity(record: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
+def backbone_label(evaluated: dict[str, Any]) -> str:
+    """The name tables, listings and plots give an evaluated backbone: a random-init one by its architecture
+    and, unless torchvision's own, its stem (``random-init resnet18 (small stem)``; records written before
+    the stem was named read the same), any other by its record's label or its checkpoint's file name."""
+    if evaluated.get("random_init"):
+        stem = evaluated.get("stem")
+        named = f" ({stem} stem)" if stem not in (None, "standard") else ""
+        return f"random-init {evaluated.get('arch')}{named}"
+    checkpoint = evaluated.get("checkpoint")
+    return evaluated.get("label") or (Path(str(checkpoint)).name if checkpoint else "random-init")
+
+
 def method_label(record: dict[str, Any]) -> str | None:
     """``MoCo-v2 resnet18, 20 ep`` or ``MoCHi (N, s, s') = (512, 512, 128) resnet18, 20 ep`` for a record
     whose checkpoint carries its pretraining config (``10 of 20 ep`` for an earlier checkpoint of a 20-epoch
@@ -294,8 +306,7 @@ def format_table(records: Iterable[dict[str, Any]], metrics: Sequence[str] | Non
     rows = []
     for r in records:
         ev = r.get("evaluated", {})
-        checkpoint = ev.get("checkpoint")
-        name = ev.get("label") or (Path(str(checkpoint)).name if checkpoint else "random-init")
+        name = backbone_label(ev)
         rows.append(
             [r["id"], r["task"], r["protocol"], name, _fmt(ev.get("encoder")), _fmt(r["data"].get("dataset")),
              _fmt(r.get("seed")), *(_fmt(r["metrics"].get(m)) for m in metrics)]

@@ -36,7 +36,7 @@ from typing import Any
 from mochi.errors import MochiError
 
 from .detection_metrics import METRICS as DETECTION_METRICS
-from .records import backbone_identity, method_identity, method_label, seed_of, setting_key
+from .records import backbone_identity, backbone_label, method_identity, method_label, seed_of, setting_key
 
 PUBLISHED = Path(__file__).parent / "published"
 FORMATS = ("md", "csv", "latex", "json")
@@ -263,8 +263,7 @@ def _row_labels(
     out = {}
     for key, r in first.items():
         ev = r.get("evaluated", {})
-        ckpt = ev.get("checkpoint")
-        label = ev.get("label") or (Path(str(ckpt)).name if ckpt else f"random-init {ev.get('arch')}")
+        label = backbone_label(ev)
         sha = ev.get("sha256")
         if rows == "method" and method_label(r):
             label, sha = method_label(r), None  # several checkpoints: no one hash names the row

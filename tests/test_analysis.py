@@ -125,7 +125,7 @@ def test_analyze_writes_one_valid_record_per_checkpoint_and_embedding(analysed):
         assert r["data"]["dataset"] == "fashion-mnist-embedded"
     got = sorted((r["evaluated"]["label"], r["hyperparameters"]["embedding"]) for r in records)
     assert got == [
-        ("random-init resnet18", "backbone"),
+        ("random-init resnet18 (small stem)", "backbone"),
         ("run/checkpoint_0000.pth.tar", "backbone"), ("run/checkpoint_0000.pth.tar", "head"),
         ("run/checkpoint_0001.pth.tar", "backbone"), ("run/checkpoint_0001.pth.tar", "head"),
     ]  # fmt: skip

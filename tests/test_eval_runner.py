@@ -70,6 +70,7 @@ def test_runners_return_records_and_leave_global_state_alone(data, tmp_path):
     assert [r["task"] for r in records] == ["knn", "linear", "linear", "linear"]
     assert [r["protocol"] for r in records[1:]] == ["lbfgs", "sgd-grid", "moco"]
     assert [r["seed"] for r in records] == [None, 3, 4, 5]
+    assert {r["evaluated"]["label"] for r in records} == {"random-init resnet18 (small stem)"}
     assert all("seed" not in r["hyperparameters"] for r in records)
     paths = write_records(tmp_path / "results", records)
     assert len(paths) == 4

@@ -102,6 +102,17 @@ def test_cells_are_mean_and_sample_std_over_seeds():
     assert "65.0" in line and "±" not in line and "n=" not in line
 
 
+def test_random_init_rows_name_a_small_stem_even_in_records_that_did_not():
+    standard = knn({"k20_T0.07": 50.0}, init_seed=0)
+    small = knn({"k20_T0.07": 60.0}, init_seed=0)
+    small["evaluated"]["stem"] = "small"  # written before the label named the stem: "random-init resnet18"
+    table = build_table([standard, small])
+    labels = sorted(row.label for row in table.rows)
+    assert labels == ["random-init resnet18", "random-init resnet18 (small stem)"]
+    by_label = {row.label: row.cells["F-MNIST (embedded) kNN k=20 top-1"].mean for row in table.rows}
+    assert by_label == {"random-init resnet18": 50.0, "random-init resnet18 (small stem)": 60.0}
+
+
 def test_a_seed_run_twice_counts_once_newest_first():
     table = build_table([linear(60.0, seed=0), linear(70.0, seed=1), linear(62.0, seed=0)])
     c = table.rows[0].cells["CIFAR-10 linear (lbfgs) top-1"]
