@@ -1,7 +1,8 @@
 """Linear protocols on the same small data: sgd-grid and lbfgs (cached features) vs moco; JSON out.
 
     python benchmarks/bench_linear.py     # random-init ResNet-18, 32 px Fashion-MNIST subset, CPU
-    python benchmarks/bench_linear.py --checkpoint runs/main/moco/checkpoint_0002.pth.tar --moco-epochs 100
+    python benchmarks/bench_linear.py --checkpoint runs/main/pretrain/moco-v2/checkpoint_0029.pth.tar \
+        --moco-epochs 100
 
 Wall time of each protocol includes its feature pass (extracted once, shared by sgd-grid and lbfgs; both
 are charged the full pass); library imports (scikit-learn's takes about a second) happen before any

@@ -73,6 +73,21 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
     assert len(tables) == 5 and all("--rows method" in line for line in tables)
 
 
+def test_the_main_job_plan_is_the_study_recipe_shortened(tmp_path):
+    done = _run("main", "-o", str(tmp_path / "main"), "--dry-run", "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    pretrain = [line for line in lines if " -m mochi pretrain " in line]
+    assert len(pretrain) == 2 and all(" --seed 0 " in line for line in pretrain)
+    study = " ".join(plans.FMNIST).replace("--epochs 40 --keep-last 2", "--epochs 30")
+    assert all(study in line and "--save-every 10 --keep-last 3" in line for line in pretrain)
+    assert "--mochi-n 512 --mochi-s 512 --mochi-s-prime 128 --mochi-warmup 2" in pretrain[1]
+    (suite,) = [line for line in lines if " -m mochi suite " in line]
+    assert "--suite fashion-mnist --seeds 0 --baseline resnet18 " in suite
+    assert suite.count("checkpoint_0029.pth.tar") == 2 and "--limit-train" not in suite
+    assert "2 runs at a time" in done.stdout
+
+
 def test_missing_data_root_is_refused_before_anything_runs(tmp_path):
     done = _run("in100-linear", "-o", str(tmp_path / "x"))
     assert done.returncode == 2 and "needs --imagenet DIR" in done.stderr
@@ -136,6 +151,37 @@ def test_jobs_run_side_by_side_each_in_its_slot(tmp_path):
     assert failures == []
     assert {(tmp_path / "a").read_text(), (tmp_path / "b").read_text()} == {"10", "11"}  # one slot each
     assert "hello from a" in (tmp_path / "logs" / "run-a.log").read_text()
+
+
+def _epochs_command(run_dir: Path, first: int, end: int) -> list[str]:
+    """A command that appends the records of epochs ``first`` to ``end - 1`` to RUN_DIR/metrics.jsonl."""
+    script = (
+        "import json, sys, time, pathlib; d = pathlib.Path(sys.argv[1])\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "for e in range(int(sys.argv[2]), int(sys.argv[3])):\n"
+        "    with open(d / 'metrics.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({'type': 'step', 'epoch': e, 'step': 1}) + '\\n')\n"
+        "        f.write(json.dumps({'type': 'epoch', 'epoch': e, 'loss': 1.0}) + '\\n')\n"
+        "    time.sleep(0.05)"
+    )
+    return [sys.executable, "-c", script, str(run_dir), str(first), str(end)]
+
+
+def test_the_concurrent_stage_shows_a_bar_over_the_epochs_of_every_run(tmp_path, capsys):
+    runs = [(tmp_path / "pretrain" / "a", 3), (tmp_path / "pretrain" / "b", 4)]
+    (tmp_path / "pretrain" / "b").mkdir(parents=True)  # b resumes: two epochs were done before
+    (tmp_path / "pretrain" / "b" / "metrics.jsonl").write_text(
+        '{"type": "epoch", "epoch": 0}\n{"type": "epoch", "epoch": 1}\n{"type": "epoch", "epo'
+    )  # a record being written is not counted
+    assert reproduce.epochs_done(runs[1][0]) == 2 and reproduce.epochs_done(tmp_path / "none") == 0
+    cmds = [_epochs_command(runs[0][0], 0, 3), _epochs_command(runs[1][0], 2, 4)]
+    envs = reproduce.slot_envs(2, 1, [], cores=2, environ=dict(os.environ))
+    failures = reproduce.run_concurrently(cmds, ["a", "b"], envs, tmp_path / "logs", runs, poll_s=0.02)
+    assert failures == []
+    captured = capsys.readouterr()
+    assert "[pretrain] epochs" in captured.err and "2/7" in captured.err  # b's two epochs from the start
+    assert "7/7" in captured.err and "epoch/s" in captured.err  # all of them, with the rate
+    assert "[pretrain] done: a in" in captured.out and "[pretrain] done: b in" in captured.out
 
 
 def test_after_a_failure_nothing_new_starts(tmp_path, capsys):

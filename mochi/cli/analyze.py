@@ -43,7 +43,8 @@ def analyze_cmd(checkpoints: tuple[str, ...], data: str, data_root, subset, resu
 
     \b
     Examples:
-      mochi analyze runs/main/moco/checkpoint_*.pth.tar --data fashion-mnist-embedded -o runs/analysis
+      mochi analyze runs/main/pretrain/moco-v2/checkpoint_*.pth.tar --data fashion-mnist-embedded \\
+          -o runs/analysis
       mochi analyze --random-init -a resnet18 --small-stem --data fashion-mnist-embedded --image-size 32 \\
           --aug aug-plus-small -o runs/analysis
     """

@@ -37,7 +37,8 @@ def curves_cmd(run_dirs: tuple[str, ...], output: str, formats: str | None) -> N
 
     \b
     Example:
-      mochi plot curves runs/main/moco runs/main/mochi -o runs/main/plots/curves
+      mochi plot curves runs/main/pretrain/moco-v2 runs/main/pretrain/mochi-512-512-128 \\
+          -o runs/main/plots/curves
     """
     from mochi.eval.plots import load_run, output_paths, save_figure, training_curves
 
@@ -62,7 +63,7 @@ def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None, row
 
     \b
     Example:
-      mochi plot knn runs/main/results -o runs/main/plots/knn
+      mochi plot knn runs/main/suites/fashion-mnist/results -o runs/main/plots/knn
       mochi plot knn runs/study/suites/fashion-mnist/results --rows method -o runs/study/plots/knn
     """
     from mochi.eval.plots import knn_curve, output_paths, save_figure
@@ -124,8 +125,9 @@ def align_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None, t
 
     \b
     Example:
-      mochi analyze runs/main/moco/checkpoint_*.pth.tar runs/main/mochi/checkpoint_*.pth.tar \\
-          --data fashion-mnist-embedded -o runs/main/analysis
+      mochi analyze runs/main/pretrain/moco-v2/checkpoint_*.pth.tar \\
+          runs/main/pretrain/mochi-512-512-128/checkpoint_*.pth.tar --data fashion-mnist-embedded \\
+          -o runs/main/analysis
       mochi plot align runs/main/analysis --trajectory -o runs/main/plots/align
     """
     from mochi.eval.plots import alignment_uniformity, output_paths, save_figure

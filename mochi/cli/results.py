@@ -20,7 +20,7 @@ def results_cmd(results_dir: str, task: str | None, metrics: str, as_json: bool)
 
     \b
     Example:
-      mochi results runs/main/results --task knn
+      mochi results runs/main/suites/fashion-mnist/results --task knn
     """
     import json
 

@@ -49,7 +49,8 @@ def suite_cmd(ctx: click.Context, list_suites: bool, dry_run: bool, **options) -
     \b
     Examples:
       mochi suite --list
-      mochi suite runs/main/moco/checkpoint_0003.pth.tar runs/main/mochi/checkpoint_0003.pth.tar \\
+      mochi suite runs/main/pretrain/moco-v2/checkpoint_0029.pth.tar \\
+          runs/main/pretrain/mochi-512-512-128/checkpoint_0029.pth.tar \\
           --suite fashion-mnist --baseline resnet18 --seeds 0,1 -o runs/main/suite
       mochi suite moco.pth.tar mochi.pth.tar --suite in100 --data-root /data/imagenet -o runs/in100
     """

@@ -42,7 +42,7 @@ def table_cmd(
 
     \b
     Examples:
-      mochi table runs/main/results
+      mochi table runs/main/suites/fashion-mnist/results
       mochi table runs/voc_moco runs/in1k_results --reference moco --format latex -o table.tex
     """
     from mochi.errors import MochiError

@@ -116,15 +116,33 @@ MINI = (
 # pretraining seeds of MoCo-v2 and of two MoCHi settings, against random init and the raw pixels, evaluated on
 # the whole embedded split (10k train / 2k test). MoCHi's N <= K = 1024; mixing from the third epoch.
 FMNIST_EPOCHS = 40
-FMNIST = (
-    "--data", "fashion-mnist-embedded", "--limit", "4000", "-a", "resnet18", "--image-size", "32", "--aug",
-    "grey-small", "--crop-min", "0.4", "-b", "64", "--moco-k", "1024", "--moco-m", "0.99", "--temperature",
-    "0.2", "--lr", "0.03", "--bn-splits", "4", "-j", "0", "--epochs", str(FMNIST_EPOCHS), "--keep-last", "2",
-)  # fmt: skip
+
+
+def _fmnist_recipe(epochs: int) -> tuple[str, ...]:
+    return (
+        "--data", "fashion-mnist-embedded", "--limit", "4000", "-a", "resnet18", "--image-size", "32",
+        "--aug", "grey-small", "--crop-min", "0.4", "-b", "64", "--moco-k", "1024", "--moco-m", "0.99",
+        "--temperature", "0.2", "--lr", "0.03", "--bn-splits", "4", "-j", "0", "--epochs", str(epochs),
+    )  # fmt: skip
+
+
+FMNIST = (*_fmnist_recipe(FMNIST_EPOCHS), "--keep-last", "2")
 # --keep-last 2: the suite reads only the last checkpoint; 9 runs x 40 epochs of full checkpoints
 # (139 MB each: both encoders, the queue and the optimizer state) would take 50 GB.
 FMNIST_MOCHI = {"mochi-512-512-128": (512, 512, 128), "mochi-256-512-0": (256, 512, 0)}
 FMNIST_SEEDS = (0, 1, 2)
+
+
+# The main job (scripts/main_job.sh): the study's recipe, shortened to fit about 10 minutes on two CPU cores
+# (two runs side by side, one core each): MoCo-v2 and MoCHi (512, 512, 128), seed 0, 30 epochs of the
+# 4,000-image subset instead of 40; suite `fashion-mnist` with evaluation seed 0 against random init.
+MAIN_EPOCHS = 30
+# A checkpoint every 10 epochs, all three kept: the README's alignment-and-uniformity trajectory reads them.
+MAIN = (*_fmnist_recipe(MAIN_EPOCHS), "--save-every", "10", "--keep-last", "3")
+MAIN_RUNS = (
+    Run("moco-v2", (*MAIN, "--seed", "0"), MAIN_EPOCHS, 0),
+    Run("mochi-512-512-128", (*MAIN, "--seed", "0", *_mochi_args(512, 512, 128, 2)), MAIN_EPOCHS, 0),
+)
 
 
 def _fmnist_runs() -> tuple[Run, ...]:
@@ -181,6 +199,15 @@ PLANS: dict[str, Plan] = {
                 ),
             ),
         ),  # fmt: skip
+        needs=(),
+        baselines=("resnet18",),
+    ),
+    "main": Plan(
+        name="main",
+        title="The main job: MoCo-v2 and MoCHi (512, 512, 128) on the embedded Fashion-MNIST subset, the "
+        "study's recipe for 30 epochs, against random init",
+        runs=MAIN_RUNS,
+        suites=(SuiteRun("fashion-mnist", args=("--seeds", "0")),),
         needs=(),
         baselines=("resnet18",),
     ),

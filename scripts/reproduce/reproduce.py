@@ -24,6 +24,7 @@ nothing new starts, as after Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -51,6 +52,7 @@ class Stage:
     distributed: bool = False  # pretraining: one process per GPU (torchrun / SLURM tasks)
     gpu_hours: list[float | None] | None = None
     labels: list[str] | None = None  # one name per command (its log file under --jobs)
+    progress: list[tuple[Path, int]] | None = None  # pretraining: each run's folder and its epochs
 
 
 def checkpoint_path(out: Path, run_name: str, epochs: int) -> Path:
@@ -68,6 +70,7 @@ def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
         distributed=True,
         gpu_hours=[run.gpu_hours for run in plan.runs],
         labels=[run.name for run in plan.runs],
+        progress=[(out / "pretrain" / run.name, run.epochs) for run in plan.runs],
     )  # fmt: skip
     checkpoints = [str(checkpoint_path(out, run.name, run.epochs)) for run in plan.runs]
     suites = []
@@ -197,13 +200,58 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m{s:02d}s" if minutes >= 60 else f"{minutes}m{s:02d}s"
 
 
+def _say(line: str) -> None:
+    """A line on stdout that leaves the epoch bar (on stderr) whole."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def epochs_done(run_dir: Path) -> int:
+    """How many epochs a pretraining run has finished: one past the last epoch record of its metrics.jsonl."""
+    done = 0
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:  # not started yet
+        return 0
+    for line in lines:
+        if '"type": "epoch"' not in line:
+            continue
+        try:
+            done = max(done, int(json.loads(line)["epoch"]) + 1)
+        except (ValueError, KeyError, TypeError):  # a line being written
+            continue
+    return done
+
+
+def _watch_epochs(progress: list[tuple[Path, int]], stop: threading.Event, every: float) -> None:
+    """A bar over the epochs of every run (rate and ETA), read from their metrics.jsonl until ``stop``."""
+    from tqdm import tqdm
+
+    total = sum(epochs for _, epochs in progress)
+    count = lambda: sum(min(epochs_done(d), n) for d, n in progress)  # noqa: E731
+    with tqdm(
+        total=total, initial=count(), unit="epoch", desc="[pretrain] epochs", dynamic_ncols=True
+    ) as bar:
+        while not stop.wait(every):
+            bar.update(count() - bar.n)
+        bar.update(count() - bar.n)
+
+
 def run_concurrently(
-    commands: list[list[str]], labels: list[str], envs: list[dict], log_dir: Path
+    commands: list[list[str]],
+    labels: list[str],
+    envs: list[dict],
+    log_dir: Path,
+    progress: list[tuple[Path, int]] | None = None,
+    poll_s: float = 5.0,
 ) -> list[str]:
     """Run ``commands`` with ``len(envs)`` at a time, each in a free slot's environment, its output in
-    ``log_dir/LABEL.log``; prints a line as each starts and ends. After a failure or an interruption (Ctrl-C,
-    or :class:`Stopped`, which is passed on to the running ones) nothing new starts and the running ones
-    finish or stop, their work kept. Returns the failures, one line each."""
+    ``log_dir/LABEL.log``; prints a line as each starts and ends, and with ``progress`` (each run's folder and
+    epochs) a bar over all their epochs. After a failure or an interruption (Ctrl-C, or :class:`Stopped`,
+    which is passed on to the running ones) nothing new starts and the running ones finish or stop, their
+    work kept. Returns the failures, one line each."""
     log_dir.mkdir(parents=True, exist_ok=True)
     free = list(range(len(envs)))
     lock = threading.Lock()
@@ -218,7 +266,7 @@ def run_concurrently(
                 return
             slot = free.pop()
         log = log_dir / f"{label}.log"
-        print(f"[pretrain] start {label} (slot {slot}; log {log})", flush=True)
+        _say(f"[pretrain] start {label} (slot {slot}; log {log})")
         start = time.monotonic()
         try:
             with open(log, "ab") as f:
@@ -239,9 +287,14 @@ def run_concurrently(
             if code != 0:
                 failures.append(f"{label} (exit {code}; log {log})")
             status = "done" if code == 0 else f"FAILED (exit {code})"
-            print(f"[pretrain] {status}: {label} in {took}; {finished[0]}/{len(commands)} finished, "
-                  f"{_duration(time.monotonic() - t0)} elapsed", flush=True)  # fmt: skip
+            _say(f"[pretrain] {status}: {label} in {took}; {finished[0]}/{len(commands)} finished, "
+                 f"{_duration(time.monotonic() - t0)} elapsed")  # fmt: skip
 
+    stop_watch = threading.Event()
+    watcher = None
+    if progress:
+        watcher = threading.Thread(target=_watch_epochs, args=(progress, stop_watch, poll_s), daemon=True)
+        watcher.start()
     pool = ThreadPoolExecutor(max_workers=len(envs))
     futures = [pool.submit(one, cmd, label) for cmd, label in zip(commands, labels, strict=True)]
     try:
@@ -254,6 +307,10 @@ def run_concurrently(
         _pass_on(err, started)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        stop_watch.set()
+        if watcher is not None:
+            watcher.join()
     pool.shutdown()
     return failures
 
@@ -270,7 +327,7 @@ def run_local(stages: list[Stage], args: argparse.Namespace) -> None:
             except ValueError as err:
                 sys.exit(f"reproduce: {err}")
             cmds = [local_command(stage, argv, args.nproc_per_node) for argv in stage.commands]
-            failed = run_concurrently(cmds, stage.labels, envs, Path(args.output) / "logs")
+            failed = run_concurrently(cmds, stage.labels, envs, Path(args.output) / "logs", stage.progress)
             if failed:
                 sys.exit(f"reproduce: stage {stage.name} failed: {'; '.join(failed)}\n"
                          "fix the cause and run the same command again: finished work is kept")  # fmt: skip
