@@ -135,10 +135,11 @@ class SgdGridConfig:
 
 
 def log_c_values() -> tuple[float, ...]:
-    """C = 10^linspace(-6, 5, 45) [ssl-transfer]."""
+    """C = 10^linspace(-6, 5, 45) [ssl-transfer], to 12 significant digits: the same grid, in every record,
+    whatever NumPy's version (whose ``logspace`` differs in the last bit between releases)."""
     import numpy as np  # here, so that importing this module stays cheap
 
-    return tuple(np.logspace(-6, 5, 45).tolist())
+    return tuple(float(f"{c:.12g}") for c in np.logspace(-6, 5, 45).tolist())
 
 
 @dataclass

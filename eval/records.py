@@ -228,10 +228,23 @@ def data_identity(record: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _rounded(value: Any) -> Any:
+    """``value`` with every float rounded to 12 significant digits: hyper-parameters computed by a library
+    (``lbfgs``'s C grid, ``np.logspace``) differ in the last bit between its versions, not as settings."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def setting_key(record: dict[str, Any]) -> str:
     """One string per measurement setting: task, protocol, backbone, data and hyper-parameters (without
-    :data:`EXECUTION_KEYS`). Records with equal keys differ only by seed: they are seeds of one table cell."""
-    hyper = {k: v for k, v in record.get("hyperparameters", {}).items() if k not in EXECUTION_KEYS}
+    :data:`EXECUTION_KEYS`; floats to 12 significant digits). Records with equal keys differ only by seed:
+    they are seeds of one table cell."""
+    hyper = {k: _rounded(v) for k, v in record.get("hyperparameters", {}).items() if k not in EXECUTION_KEYS}
     key = {
         "task": record.get("task"),
         "protocol": record.get("protocol"),

@@ -96,6 +96,12 @@ def test_setting_key_ignores_location_cache_and_execution_only_settings():
     assert setting_key(a) != setting_key(_rec(evaluated={**a["evaluated"], "encoder": "key"}))
     assert setting_key(a) != setting_key(_rec(data={**a["data"], "dataset": "cifar100"}))
     assert setting_key(a) != setting_key(_rec(protocol="other"))
+    # A grid computed by two NumPy releases (the last bit differs) is one setting; another grid is not.
+    grid = {**a["hyperparameters"], "c_values": [1e-06, 1.778279410038923e-06]}
+    other_numpy = {**a["hyperparameters"], "c_values": [1e-06, 1.7782794100389227e-06]}
+    assert setting_key(_rec(hyperparameters=grid)) == setting_key(_rec(hyperparameters=other_numpy))
+    coarser = {**a["hyperparameters"], "c_values": [1e-06, 1.8e-06]}
+    assert setting_key(_rec(hyperparameters=grid)) != setting_key(_rec(hyperparameters=coarser))
     # random-init: the init seed is a seed of the cell, not a different backbone
     r0 = _rec(evaluated={"random_init": True, "arch": "resnet18", "stem": "standard", "seed": 0})
     r1 = _rec(evaluated={"random_init": True, "arch": "resnet18", "stem": "standard", "seed": 1})
