@@ -1,5 +1,5 @@
 """Pictures of runs and records: training curves from ``metrics.jsonl``; kNN top-1 against k, table columns
-as bars and alignment against uniformity, from records.
+as dot plots and alignment against uniformity, from records.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: drawing here
 switches no backend and leaves no current figure behind in a program that imports this module, and works
@@ -301,14 +301,24 @@ def knn_curve(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Bar charts of `mochi table` columns
+# Dot plots of `mochi table` columns
 
 
-def table_bars(table: Table, columns: str | None = None) -> Figure:
-    """One panel per column of ``table`` whose label contains ``columns`` (all when None), one bar per row:
-    the cell's mean, with ± one sample standard deviation as an error bar when it has several seeds; a
-    published row's bar is hatched and labelled ``†``. The bars' heights and error bars are the cells'
-    numbers (``ax.patches``, ``ax.containers``): nothing is recomputed here."""
+def _span(values: Sequence[float]) -> tuple[float, float]:
+    """The x range of a dot-plot panel: the data with 8 % of its width (at least 0.5 points) either side, so
+    that a one-point difference between rows is visible (an axis from zero would squeeze it to a hair)."""
+    lo, hi = min(values), max(values)
+    pad = max(0.08 * (hi - lo), 0.5)
+    return lo - pad, hi + pad
+
+
+def table_dots(table: Table, columns: str | None = None) -> Figure:
+    """One panel per column of ``table`` whose label contains ``columns`` (all when None), one line per row:
+    every seed's value as a small grey dot, the cell's mean as a large dot with ± one sample standard
+    deviation as an error bar, and ``mean ± std (n=…)`` written beside it. A published row's dot is hollow
+    and its label marked ``†``. Each panel's x axis spans its column's numbers (:func:`_span`), not zero to
+    the top, so rows a point apart stay apart. The dots and error bars are the cells' numbers
+    (``ax.containers``, ``ax.collections``): nothing is recomputed here."""
     chosen = [c for c in table.columns if columns is None or columns.lower() in c.label.lower()]
     if not chosen:
         names = "; ".join(c.label for c in table.columns)
@@ -323,22 +333,30 @@ def table_bars(table: Table, columns: str | None = None) -> Figure:
     labels = [r.label + (" †" if r.published else "") for r in table.rows]
     for ax, column in zip(axes, chosen, strict=False):
         cells = [r.cells.get(column.label) for r in table.rows]
-        means = [c.mean if c is not None else math.nan for c in cells]
-        stds = [c.std if c is not None and c.std is not None else 0.0 for c in cells]
-        bars = ax.barh(range(len(cells)), means, xerr=stds, capsize=3, color="C0")
-        for bar, row in zip(bars, table.rows, strict=True):
-            if row.published:
-                bar.set_hatch("//")
-                bar.set_facecolor("white")
-                bar.set_edgecolor("C0")
-        for i, (mean, cell) in enumerate(zip(means, cells, strict=True)):
-            if cell is not None:
-                n = f" (n={cell.n})" if cell.n and cell.n > 1 else ""
-                ax.text(mean + (cell.std or 0.0), i, f" {mean:.1f}{n}", va="center", fontsize=7)
+        shown = [(i, c) for i, c in enumerate(cells) if c is not None]
+        seeds = [(v, i) for i, c in shown if c.n and c.n > 1 for v in c.values]
+        if seeds:
+            ax.scatter([v for v, _ in seeds], [i for _, i in seeds], s=12, color="0.6", zorder=2)
+        for i, cell in shown:
+            published = table.rows[i].published
+            ax.errorbar(
+                [cell.mean], [i], xerr=[[cell.std or 0.0], [cell.std or 0.0]], fmt="o", markersize=7,
+                color="C0", mfc="white" if published else "C0", capsize=3, zorder=3,
+            )  # fmt: skip
+            n = f" (n={cell.n})" if cell.n and cell.n > 1 else ""
+            std = f" ± {cell.std:.1f}" if cell.std is not None else ""
+            ax.annotate(
+                f"{cell.mean:.1f}{std}{n}", (cell.mean, i), xytext=(0, 7), textcoords="offset points",
+                ha="center", va="bottom", fontsize=7,
+            )  # fmt: skip
+        numbers = [c.mean + s for _, c in shown for s in (-(c.std or 0.0), c.std or 0.0)]
+        numbers += [v for v, _ in seeds]
+        if numbers:
+            ax.set_xlim(*_span(numbers))
         ax.set_yticks(range(len(cells)), labels, fontsize=8)
+        ax.set_ylim(len(cells) - 0.5, -0.7)  # first row on top; room above it for its label
         ax.set_title(textwrap.fill(column.label, 40), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].invert_yaxis()  # shared: once for all panels
     for ax in axes[len(chosen) :]:
         ax.set_visible(False)
     if any(r.published for r in table.rows):

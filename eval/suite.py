@@ -310,7 +310,7 @@ def run_suite(cfg: SuiteConfig, on_event: Callable[[str], None] | None = None) -
 
 def write_tables(records: Sequence[dict[str, Any]], folder: Path) -> tuple[list[Path], str]:
     """The suite's table from ``records`` as ``table.{md,csv,tex,json}`` in ``folder``, and its pictures in
-    ``folder/plots`` (table columns as bars; kNN top-1 against k); returns the paths and the Markdown."""
+    ``folder/plots`` (table columns as dot plots; kNN top-1 against k); returns the paths and the Markdown."""
     from mochi.io import atomic_write_text
 
     from .table_formats import render
@@ -354,11 +354,11 @@ def _run_detection(cfg: SuiteConfig, plan: SuitePlan, p: Planned, values: dict[s
 
 
 def _plots(records: Sequence[dict[str, Any]], table, folder: Path) -> list[Path]:
-    from .plots import knn_curve, save_figure, table_bars
+    from .plots import knn_curve, save_figure, table_dots
 
     paths = []
     if table.columns:
-        paths += save_figure(table_bars(table), folder / "plots" / "table", ("png", "svg"))
+        paths += save_figure(table_dots(table), folder / "plots" / "table", ("png", "svg"))
     knn = [r for r in records if r["task"] == "knn"]
     if knn:
         paths += save_figure(knn_curve(knn), folder / "plots" / "knn", ("png", "svg"))

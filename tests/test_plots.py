@@ -185,35 +185,52 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(runs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]
 
 
-def test_bars_are_the_table_cells_with_their_std(tmp_path):
-    """`mochi plot bars`: each bar's length is its cell's mean, each error bar its sample std; published
-    rows are hatched."""
+def test_table_dots_are_the_table_cells_with_their_seeds_and_std(tmp_path):
+    """`mochi plot table`: each row's large dot is its cell's mean, its error bar the sample std, the grey
+    dots the seeds' values; published rows are hollow; the axis spans the numbers, so a one-point
+    difference takes a visible share of the panel (an axis from zero would make it a hair)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import ErrorbarContainer
     from test_tables import IN1K, SHA_B, linear
 
-    from mochi.eval.plots import table_bars
+    from mochi.eval.plots import table_dots
     from mochi.eval.records import write_records
     from mochi.eval.tables import build_table
 
-    records = [linear(v, seed=s, protocol="moco", data=IN1K) for s, v in enumerate([60.0, 61.0, 62.5])]
-    records += [linear(70.0, protocol="moco", data=IN1K, sha=SHA_B, label="mochi/checkpoint_0199.pth.tar")]
+    seeds = [60.0, 61.0, 62.5]
+    records = [linear(v, seed=s, protocol="moco", data=IN1K) for s, v in enumerate(seeds)]
+    records += [linear(63.5, protocol="moco", data=IN1K, sha=SHA_B, label="mochi/checkpoint_0199.pth.tar")]
     table = build_table(records, reference="moco")
-    fig = table_bars(table, columns="linear")
+    fig = table_dots(table, columns="linear")
     ax = fig.axes[0]
-    widths = [bar.get_width() for bar in ax.patches]
-    assert widths[:2] == [pytest.approx(statistics.mean([60.0, 61.0, 62.5])), 70.0]
-    published = [r for r in table.rows if r.published and r.cells]
-    assert published and all(ax.patches[table.rows.index(r)].get_hatch() == "//" for r in published)
-    from matplotlib.container import ErrorbarContainer
-
-    (err,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    segments = err.lines[2][0].get_segments()
-    half = (segments[0][1][0] - segments[0][0][0]) / 2
-    assert half == pytest.approx(statistics.stdev([60.0, 61.0, 62.5]))
+    dots = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    shown = [(i, r.cells[table.columns[0].label]) for i, r in enumerate(table.rows) if r.cells]
+    assert len(dots) == len(shown)
+    for dot, (i, cell) in zip(dots, shown, strict=True):
+        (x,), (y,) = dot.lines[0].get_data()
+        assert (x, y) == (pytest.approx(cell.mean), i)
+        half = (lambda seg: (seg[1][0] - seg[0][0]) / 2)(dot.lines[2][0].get_segments()[0])
+        assert half == pytest.approx(cell.std or 0.0)
+        hollow = dot.lines[0].get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))
+        assert hollow == table.rows[i].published
+    assert dots[0].lines[0].get_xdata()[0] == pytest.approx(statistics.mean(seeds))
+    half = (lambda seg: (seg[1][0] - seg[0][0]) / 2)(dots[0].lines[2][0].get_segments()[0])
+    assert half == pytest.approx(statistics.stdev(seeds))
+    assert any(r.published for r in table.rows)
+    (grey,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert sorted(x for x, _ in grey.get_offsets()) == seeds  # only the row with several seeds
+    texts = [t.get_text() for t in ax.texts]
+    assert f"{statistics.mean(seeds):.1f} ± {statistics.stdev(seeds):.1f} (n=3)" in texts and "63.5" in texts
+    lo, hi = ax.get_xlim()
+    numbers = [c.mean for _, c in shown] + seeds
+    assert lo < min(numbers) and hi > max(numbers)
+    assert 1.0 / (hi - lo) > 0.05  # one point is more than 5 % of the panel's width
     with pytest.raises(Exception, match="no table column matches 'nope'; columns: IN-1k linear"):
-        table_bars(table, columns="nope")
+        table_dots(table, columns="nope")
     # the command: PNG from a results folder
     write_records(tmp_path / "results", records)
-    out = CliRunner().invoke(main, ["plot", "bars", str(tmp_path / "results"), "-o", str(tmp_path / "b.png")])
+    args = ["plot", "table", str(tmp_path / "results"), "-o", str(tmp_path / "b.png")]
+    out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -43,7 +43,7 @@ def test_dry_run_prints_every_command_and_the_gpu_hours(tmp_path):
     assert len(suite) == 1 and suite[0].count("checkpoint_0199.pth.tar") == 4 and "--suite in100" in suite[0]
     assert sum(" -m mochi table " in line for line in text.splitlines()) == 3
     plots = [line for line in text.splitlines() if " -m mochi plot " in line]
-    assert [line.split(" -m mochi plot ")[1].split()[0] for line in plots] == ["bars", "knn", "curves"]
+    assert [line.split(" -m mochi plot ")[1].split()[0] for line in plots] == ["table", "knn", "curves"]
     # 53 h on 8 V100 for 200 ImageNet-1k epochs, scaled to 126,689 images x 200 epochs, four runs.
     per_run = 53 * 8 * 126_689 / 1_281_167
     assert f"~{per_run:,.0f} V100 GPU-hours" in pretrain[0]
@@ -68,7 +68,7 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
     assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0039.pth.tar") == 9
     assert "--limit-train" not in suite  # the whole embedded split
     tables = [
-        line for line in lines if " -m mochi table " in line or " plot bars " in line or " plot knn " in line
+        line for line in lines if " -m mochi table " in line or " plot table " in line or " plot knn " in line
     ]
     assert len(tables) == 5 and all("--rows method" in line for line in tables)
 

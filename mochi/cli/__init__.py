@@ -67,7 +67,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plot": (
         "mochi.cli.plot:plot_cmd",
-        "Draw training curves, kNN top-1 against k, table columns as bars, or alignment against uniformity.",
+        "Draw training curves, kNN top-1 against k, table dot plots, or alignment against uniformity.",
     ),
 }
 

@@ -22,7 +22,7 @@ def _echo(paths) -> None:
 
 @click.group("plot")
 def plot_cmd() -> None:
-    """Draw training curves, kNN top-1 against k, table columns as bars, or alignment against uniformity."""
+    """Draw training curves, kNN top-1 against k, table dot plots, or alignment against uniformity."""
 
 
 @plot_cmd.command("curves")
@@ -74,17 +74,19 @@ def knn_cmd(results_dirs: tuple[str, ...], output: str, formats: str | None, row
     _echo(save_figure(knn_curve(records, rows), output, _formats(formats)))
 
 
-@plot_cmd.command("bars")
+@plot_cmd.command("table")
 @click.argument("results_dirs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help=OUTPUT_HELP)
 @click.option("--format", "formats", default=None, show_default=False, help=FORMAT_HELP)
 @click.option("--columns", default=None, help="Only the table columns whose label contains this text.")
-@click.option("--reference", default=None, help="Add the published rows of this table (e.g. moco), hatched.")
+@click.option(
+    "--reference", default=None, help="Add the published rows of this table (e.g. moco), as hollow dots."
+)
 @click.option(
     "--rows", type=click.Choice(["backbone", "method"]), default="backbone",
-    help="One bar per backbone, or per pretraining recipe (its seeds pooled; see mochi table --rows).",
+    help="One line per backbone, or per pretraining recipe (its seeds pooled; see mochi table --rows).",
 )  # fmt: skip
-def bars_cmd(
+def table_cmd(
     results_dirs: tuple[str, ...],
     output: str,
     formats: str | None,
@@ -92,14 +94,16 @@ def bars_cmd(
     reference: str | None,
     rows: str,
 ) -> None:
-    """The columns of `mochi table RESULTS_DIRS` as bar charts: one bar per backbone, ± std as error bars.
+    """The columns of `mochi table RESULTS_DIRS` as dot plots: per backbone, its mean ± std and every seed.
+
+    Each panel's axis spans its column's numbers (not zero to the top), so rows a point apart stay apart.
 
     \b
     Example:
-      mochi plot bars runs/main/suite/results --columns lbfgs -o runs/main/plots/lbfgs
+      mochi plot table runs/main/suites/fashion-mnist/results --columns lbfgs -o runs/main/plots/lbfgs
     """
     from mochi.errors import MochiError
-    from mochi.eval.plots import output_paths, save_figure, table_bars
+    from mochi.eval.plots import output_paths, save_figure, table_dots
     from mochi.eval.records import load_records
     from mochi.eval.tables import build_table
 
@@ -109,7 +113,7 @@ def bars_cmd(
         raise MochiError(f"no result records in {', '.join(results_dirs)}: pass a results folder")
     ordered = sorted(records.values(), key=lambda r: (r["created"], r["id"]))
     table = build_table(ordered, rows=rows, reference=reference)
-    _echo(save_figure(table_bars(table, columns), output, _formats(formats)))
+    _echo(save_figure(table_dots(table, columns), output, _formats(formats)))
 
 
 @plot_cmd.command("align")

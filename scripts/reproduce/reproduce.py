@@ -8,7 +8,7 @@ command finishes an interrupted reproduction:
 
 1. pretraining, one `mochi pretrain --resume auto` per run (torchrun, or a SLURM job array);
 2. one `mochi suite` per suite on the runs' last checkpoints (finished evaluations are skipped);
-3. `mochi table` over every suite's records (Markdown, LaTeX, CSV), `mochi plot` bars of the table, kNN
+3. `mochi table` over every suite's records (Markdown, LaTeX, CSV), `mochi plot` dot plots of the table, kNN
    top-1 against k (both with the plan's rows) and the training curves of every run.
 
 ``--launcher local`` runs the stages one after the other on this machine (torchrun for pretraining);
@@ -88,7 +88,7 @@ def build_stages(plan: Plan, args: argparse.Namespace) -> list[Stage]:
         ["table", *results, *rows, "-o", str(out / "table.md")],
         ["table", *results, *rows, "--format", "latex", "-o", str(out / "table.tex")],
         ["table", *results, *rows, "--format", "csv", "-o", str(out / "table.csv")],
-        ["plot", "bars", *results, *rows, "-o", str(out / "plots" / "table")],
+        ["plot", "table", *results, *rows, "-o", str(out / "plots" / "table")],
         ["plot", "curves", *(str(out / "pretrain" / run.name) for run in plan.runs), "-o",
          str(out / "plots" / "curves")],
     ]  # fmt: skip
