@@ -196,7 +196,8 @@ def backbone_label(evaluated: dict[str, Any]) -> str:
 def method_label(record: dict[str, Any]) -> str | None:
     """``MoCo-v2 resnet18, 20 ep`` or ``MoCHi (N, s, s') = (512, 512, 128) resnet18, 20 ep`` for a record
     whose checkpoint carries its pretraining config (``10 of 20 ep`` for an earlier checkpoint of a 20-epoch
-    run, ``10 of 20 ep + 5 steps`` mid-epoch); None otherwise."""
+    run, ``10 of 20 ep + 5 steps`` mid-epoch; ``20 ep of 4,000 images`` for a run on a ``--limit`` subset,
+    whose epochs are not those of a run on all images); None otherwise."""
     ev = record.get("evaluated", {})
     c = ev.get("pretraining")
     if not isinstance(c, dict):
@@ -214,6 +215,8 @@ def method_label(record: dict[str, Any]) -> str | None:
         epochs = f"{partial['epoch']} of {epochs}" + (
             f" + {partial['step']} steps" if partial["step"] else ""
         )
+    if isinstance(c.get("limit"), int):
+        epochs += f" of {c['limit']:,} images"
     return f"{name} {ev.get('arch')}, {epochs}"
 
 

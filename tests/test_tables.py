@@ -416,6 +416,18 @@ def test_symmetric_runs_get_their_own_row_and_runs_saved_before_the_option_pool_
     assert cell(table, "MoCo-v2 resnet50, 20 ep", "CIFAR-10 linear (lbfgs) top-1").values == [70.0, 72.0]
 
 
+def test_a_method_row_on_a_limited_subset_says_how_many_images_its_epochs_were():
+    """`--limit 4000` for 40 epochs and all images for 60 are different budgets: the label says so, rather
+    than reading as 40 against 60 epochs of the same data."""
+    whole = _pretrained(70.0, 0, sha="0a" * 32)
+    limited = _pretrained(72.0, 0, sha="1a" * 32)
+    limited["evaluated"]["pretraining"]["limit"] = 4000
+    table = build_table([whole, limited], rows="method")
+    assert [r.label for r in table.rows] == [
+        "MoCo-v2 resnet50, 20 ep", "MoCo-v2 resnet50, 20 ep of 4,000 images",
+    ]  # fmt: skip
+
+
 def test_earlier_checkpoints_of_a_run_are_their_own_method_rows(tmp_path):
     """Epoch 1 of a 2-epoch run is not another seed of epoch 2: the record says how far the checkpoint got
     (read from a real pretraining run's checkpoints), and ``--rows method`` keeps them apart and says so."""
@@ -444,6 +456,7 @@ def test_earlier_checkpoints_of_a_run_are_their_own_method_rows(tmp_path):
     old["evaluated"]["pretraining"] = {**again["evaluated"]["pretraining"], "seed": 6}
     table = build_table([*records, again, old], rows="method")
     column = "CIFAR-10 linear (lbfgs) top-1"
-    assert [r.label for r in table.rows] == ["MoCo-v2 resnet18, 1 of 2 ep", "MoCo-v2 resnet18, 2 ep"]
-    assert cell(table, "MoCo-v2 resnet18, 1 of 2 ep", column).values == [60.0]
-    assert sorted(cell(table, "MoCo-v2 resnet18, 2 ep", column).values) == [70.0, 72.0, 74.0]
+    first, last = "MoCo-v2 resnet18, 1 of 2 ep of 64 images", "MoCo-v2 resnet18, 2 ep of 64 images"
+    assert [r.label for r in table.rows] == [first, last]
+    assert cell(table, first, column).values == [60.0]
+    assert sorted(cell(table, last, column).values) == [70.0, 72.0, 74.0]
