@@ -9,6 +9,7 @@ rates, synthetic-point fractions, similarity percentiles) are timed the same way
 MoCHi steps on labelled batches, with the statistics alone against a step.
 
     python benchmarks/bench_mochi_step.py                  # small CPU config: R18, 32 px, batch 64, K 4096
+    python benchmarks/bench_mochi_step.py --preset main    # the main job's: R18, K 1024, (512, 512, 128)
     python benchmarks/bench_mochi_step.py --preset paper   # R18, 96 px, K 16384, (1024, 1024, 256)
     python benchmarks/bench_mochi_step.py --preset gpu     # R50, batch 256, K 65536, MoCHi (1024, 1024, 256)
     python benchmarks/bench_mochi_step.py --analysis-only  # only the analysis on/off part (its own JSON)
@@ -35,6 +36,8 @@ from mochi.pretrain.negatives import negative_stats
 
 PRESETS = {
     "cpu": dict(arch="resnet18", batch=64, image_size=32, queue_size=4096, mochi=(256, 256, 64), steps=10),
+    # The main job's (scripts/main_job.sh): a queue of 1024, 640 synthetic points per query.
+    "main": dict(arch="resnet18", batch=64, image_size=32, queue_size=1024, mochi=(512, 512, 128), steps=20),
     # N, s, s' against K as in the paper's ImageNet runs (1024 of 16384), on an image size a CPU can step.
     "paper": dict(
         arch="resnet18", batch=32, image_size=96, queue_size=16384, mochi=(1024, 1024, 256), steps=8
