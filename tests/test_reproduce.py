@@ -204,12 +204,17 @@ def test_an_interruption_starts_nothing_new(tmp_path):
 
     cmds = [_marker_command(tmp_path, "a", "go"), _marker_command(tmp_path, "b")]
     envs = reproduce.slot_envs(1, 1, [], cores=2, environ=dict(os.environ))
+    # Python's own Ctrl-C handler, as in a fresh process, whatever an earlier test in this one left installed
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher = threading.Thread(target=interrupt_once_a_started)
     watcher.start()
     threading.Timer(2.0, lambda: (tmp_path / "go").touch()).start()  # then let the running one finish
-    with pytest.raises(KeyboardInterrupt):
-        reproduce.run_concurrently(cmds, ["run-a", "run-b"], envs, tmp_path / "logs")
-    watcher.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reproduce.run_concurrently(cmds, ["run-a", "run-b"], envs, tmp_path / "logs")
+    finally:
+        watcher.join()
+        signal.signal(signal.SIGINT, saved)
     assert (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
