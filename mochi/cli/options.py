@@ -255,7 +255,9 @@ DATA_FLAGS = {
     "limit_train": flag("--limit-train", help="Random N train images (seed 0)."),
     "limit_test": flag("--limit-test", help="Random N test images (seed 0)."),
     "image_size": flag(
-        "--image-size", help="Center-crop size (use the pretraining size, e.g. 32 for Fashion-MNIST runs)."
+        "--image-size",
+        help="Center-crop size (the pretraining size or larger: suite fashion-mnist evaluates 32 px runs "
+        "at 64).",
     ),
     "crop_fraction": flag(
         "--crop-fraction", default_text="0.875 (Resize 256, CenterCrop 224) from 128 px, else 1.0",
