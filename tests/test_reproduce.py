@@ -73,6 +73,30 @@ def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
     assert len(tables) == 5 and all("--rows method" in line for line in tables)
 
 
+def test_the_longer_study_plan_is_the_study_recipe_on_every_image_for_60_epochs(tmp_path):
+    script = ROOT / "scripts" / "reproduce" / "fashion_mnist_long.sh"
+    done = subprocess.run(
+        ["bash", str(script), "-o", str(tmp_path / "long"), "--dry-run"],
+        capture_output=True, text=True, check=False, env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    pretrain = [line for line in lines if " -m mochi pretrain " in line]
+    assert len(pretrain) == 9  # MoCo-v2 and two MoCHi settings, three seeds each
+    for seed in (0, 1, 2):
+        assert sum(f"--seed {seed} " in line for line in pretrain) == 3
+    study = " ".join(plans.FMNIST).replace("--limit 4000 ", "").replace("--epochs 40", "--epochs 60")
+    assert all(study in line and "--limit" not in line for line in pretrain)
+    assert (
+        sum("--mochi-n 512 --mochi-s 512 --mochi-s-prime 128 --mochi-warmup 2" in line for line in pretrain)
+        == 3
+    )
+    (suite,) = [line for line in lines if " -m mochi suite " in line]
+    assert "--suite fashion-mnist --seeds 0 --init-seeds 0,1,2 --baseline resnet18 --baseline pixels" in suite
+    assert suite.count("checkpoint_0059.pth.tar") == 9 and "--limit-train" not in suite
+    assert not (tmp_path / "long").exists()
+
+
 def test_the_main_job_plan_is_the_study_recipe_shortened(tmp_path):
     done = _run("main", "-o", str(tmp_path / "main"), "--dry-run", "--jobs", "2")
     assert done.returncode == 0, done.stderr
