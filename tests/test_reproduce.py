@@ -51,22 +51,32 @@ def test_dry_run_prints_every_command_and_the_gpu_hours(tmp_path):
     assert not out.exists()  # a dry run writes nothing
 
 
-def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
-    done = _run("fashion-mnist", "-o", str(tmp_path / "study"), "--dry-run")
+def _fmnist_study_commands(done: subprocess.CompletedProcess) -> tuple[list[str], list[str], str]:
+    """A Fashion-MNIST study plan's dry run: (every line, the pretraining commands, the suite command), after
+    checking what both study plans share: MoCo-v2 and both MoCHi settings, three pretraining seeds each."""
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     pretrain = [line for line in lines if " -m mochi pretrain " in line]
-    assert len(pretrain) == 9  # MoCo-v2 and two MoCHi settings, three seeds each
+    assert len(pretrain) == 9
     for seed in (0, 1, 2):
         assert sum(f"--seed {seed} " in line for line in pretrain) == 3
-    assert sum("--mochi-n 512 --mochi-s 512 --mochi-s-prime 128" in line for line in pretrain) == 3
+    for n, s, s_prime in plans.FMNIST_MOCHI.values():
+        mochi = f"--mochi-n {n} --mochi-s {s} --mochi-s-prime {s_prime} --mochi-warmup 2"
+        assert sum(mochi in line for line in pretrain) == 3
+    (suite,) = [line for line in lines if " -m mochi suite " in line]
+    # random init gets three initialisation seeds, like each method's three pretraining seeds
+    assert "--suite fashion-mnist --seeds 0 --init-seeds 0,1,2 --baseline resnet18 --baseline pixels" in suite
+    assert "--limit-train" not in suite  # the whole embedded split
+    return lines, pretrain, suite
+
+
+def test_fashion_mnist_study_plan_pools_pretraining_seeds(tmp_path):
+    done = _run("fashion-mnist", "-o", str(tmp_path / "study"), "--dry-run")
+    lines, pretrain, suite = _fmnist_study_commands(done)
     assert all("--aug grey-small" in line and "--data fashion-mnist-embedded" in line for line in pretrain)
     assert all(" -b 64 " in line and " --epochs 40 " in line for line in pretrain)  # e15's recipe
     assert all(" --keep-last 2 " in line for line in pretrain)  # 9 x 40 full checkpoints would take 50 GB
-    (suite,) = [line for line in lines if " -m mochi suite " in line]
-    assert "--init-seeds 0,1,2" in suite  # random init gets three seeds, like each method
-    assert "--baseline resnet18 --baseline pixels" in suite and suite.count("checkpoint_0039.pth.tar") == 9
-    assert "--limit-train" not in suite  # the whole embedded split
+    assert suite.count("checkpoint_0039.pth.tar") == 9
     tables = [
         line for line in lines if " -m mochi table " in line or " plot table " in line or " plot knn " in line
     ]
@@ -79,21 +89,10 @@ def test_the_longer_study_plan_is_the_study_recipe_on_every_image_for_60_epochs(
         ["bash", str(script), "-o", str(tmp_path / "long"), "--dry-run"],
         capture_output=True, text=True, check=False, env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    pretrain = [line for line in lines if " -m mochi pretrain " in line]
-    assert len(pretrain) == 9  # MoCo-v2 and two MoCHi settings, three seeds each
-    for seed in (0, 1, 2):
-        assert sum(f"--seed {seed} " in line for line in pretrain) == 3
+    _, pretrain, suite = _fmnist_study_commands(done)
     study = " ".join(plans.FMNIST).replace("--limit 4000 ", "").replace("--epochs 40", "--epochs 60")
     assert all(study in line and "--limit" not in line for line in pretrain)
-    assert (
-        sum("--mochi-n 512 --mochi-s 512 --mochi-s-prime 128 --mochi-warmup 2" in line for line in pretrain)
-        == 3
-    )
-    (suite,) = [line for line in lines if " -m mochi suite " in line]
-    assert "--suite fashion-mnist --seeds 0 --init-seeds 0,1,2 --baseline resnet18 --baseline pixels" in suite
-    assert suite.count("checkpoint_0059.pth.tar") == 9 and "--limit-train" not in suite
+    assert suite.count("checkpoint_0059.pth.tar") == 9
     assert not (tmp_path / "long").exists()
 
 

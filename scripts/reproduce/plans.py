@@ -111,11 +111,11 @@ MINI = (
 
 # The CPU-scale study on the embedded Fashion-MNIST subset (docs/fashion_mnist_study.md): ResNet-18 at 32 px
 # with the exploration's best recipe at this budget (tries e15 and e17 of docs/fashion_mnist_study.md: two
-# seeds, evaluated at 32 px on 2,000 / 1,000 images: about 3 points above random init on kNN and lbfgs, level
-# with the raw pixels): a 4,000-image pretraining
-# subset drawn with the run's seed, batch 64, K 1024 (a quarter of it), lr 0.03, T 0.2, 40 epochs; three
-# pretraining seeds of MoCo-v2 and of two MoCHi settings, against random init and the raw pixels, evaluated on
-# the whole embedded split (10k train / 2k test). MoCHi's N <= K = 1024; mixing from the third epoch.
+# seeds, evaluated at 32 px on 2,000 / 1,000 images: about 3 points above random init on kNN and lbfgs,
+# level with the raw pixels): a 4,000-image pretraining subset drawn with the run's seed, batch 64, K 1024
+# (a quarter of it), lr 0.03, T 0.2, 40 epochs; three pretraining seeds of MoCo-v2 and of two MoCHi
+# settings, against random init and the raw pixels, evaluated on the whole embedded split (10k train / 2k
+# test). MoCHi's N <= K = 1024; mixing from the third epoch.
 FMNIST_EPOCHS = 40
 
 
@@ -134,9 +134,10 @@ FMNIST = (*_fmnist_recipe(FMNIST_EPOCHS), "--keep-last", "2")
 FMNIST_MOCHI = {"mochi-512-512-128": (512, 512, 128), "mochi-256-512-0": (256, 512, 0)}
 FMNIST_SEEDS = (0, 1, 2)
 
-# The study's recipe with a longer budget (docs/fashion_mnist_study.md, ninth round): all 10,000 embedded
-# training images instead of 4,000 and 60 epochs instead of 40 (about 3.75 times the images seen), MoCo-v2 and
-# the same two MoCHi settings with three pretraining seeds each. About 45 minutes a run on one core.
+# The study's recipe with a longer budget (l1 of docs/fashion_mnist_study.md, seventh to ninth rounds): all
+# 10,000 embedded training images instead of 4,000 and 60 epochs instead of 40 (about 3.75 times the images
+# seen), MoCo-v2 and the same two MoCHi settings with three pretraining seeds each. 36-46 minutes a run on one
+# core beside a second run (measured: "The study" in that doc).
 FMNIST_LONG_EPOCHS = 60
 FMNIST_LONG = (*_fmnist_recipe(FMNIST_LONG_EPOCHS, limit=None), "--keep-last", "2")
 
